@@ -1,0 +1,140 @@
+//! The flusher: sealed WAL segments become commits to the lake, in sequence order.
+//!
+//! Runs on a thread of its own with its own runtime, because Parquet encoding is CPU work
+//! that must not stall the receivers' async threads. For each segment: read its records,
+//! sort them for the lake, and append them to every tier's table in one commit per tier that
+//! carries the application transaction (collector id, segment sequence). Only when every
+//! tier has it is the segment file deleted and its memory-budget reservation released.
+//! A failed flush is retried with backoff; meanwhile the budget fills up and the receivers
+//! answer with the overload status.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use runledger_lake::{sort_for_lake, AppendOutcome, SpanTable};
+use runledger_schemas::span_table_schema;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::failpoint;
+use crate::ingest::decode_batches;
+use crate::metrics::CollectorMetrics;
+use crate::wal::{read_segment, SealedSegment};
+
+/// Failed attempts after which a shutting-down flusher leaves the rest on disk for the next
+/// start instead of retrying forever.
+const ATTEMPTS_WHEN_SHUTTING_DOWN: u32 = 3;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub(crate) struct Flusher {
+    pub(crate) tables: Vec<SpanTable>,
+    pub(crate) app_id: String,
+    pub(crate) metrics: Arc<CollectorMetrics>,
+    pub(crate) shutting_down: Arc<AtomicBool>,
+}
+
+impl Flusher {
+    pub(crate) async fn run(mut self, mut sealed: UnboundedReceiver<SealedSegment>) {
+        while let Some(segment) = sealed.recv().await {
+            let mut attempt = 0u32;
+            loop {
+                let started = Instant::now();
+                match self.flush(&segment).await {
+                    Ok(()) => {
+                        CollectorMetrics::add(
+                            &self.metrics.flush_micros,
+                            started.elapsed().as_micros() as u64,
+                        );
+                        CollectorMetrics::add(&self.metrics.segments_flushed, 1);
+                        break;
+                    }
+                    Err(error) => {
+                        attempt += 1;
+                        CollectorMetrics::add(&self.metrics.flush_errors, 1);
+                        tracing::error!(
+                            segment = segment.seq,
+                            attempt,
+                            %error,
+                            "flushing a WAL segment to the lake failed; it stays in the WAL"
+                        );
+                        if self.shutting_down.load(Ordering::Acquire)
+                            && attempt >= ATTEMPTS_WHEN_SHUTTING_DOWN
+                        {
+                            tracing::error!(
+                                "giving up at shutdown: the remaining segments stay on disk \
+                                 and are replayed at the next start"
+                            );
+                            return;
+                        }
+                        let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(9)));
+                        tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+                    }
+                }
+            }
+            // Dropping the segment releases its reservations.
+            drop(segment);
+        }
+    }
+
+    async fn flush(&mut self, segment: &SealedSegment) -> Result<(), String> {
+        let (records, _) = read_segment(&segment.path).map_err(|e| e.to_string())?;
+        let schema = span_table_schema();
+        let mut batches: Vec<RecordBatch> = Vec::with_capacity(records.len());
+        for record in &records {
+            for batch in decode_batches(record).map_err(|e| {
+                format!("segment {}: undecodable record: {e}", segment.path.display())
+            })? {
+                batches.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);
+            }
+        }
+        let sorted = sort_for_lake(&batches).map_err(|e| e.to_string())?;
+        failpoint::hit("flush.before_commit");
+        for (i, table) in self.tables.iter_mut().enumerate() {
+            let outcome = table
+                .append(sorted.as_ref(), &self.app_id, segment.seq as i64)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let AppendOutcome::Committed { rows, .. } = outcome {
+                CollectorMetrics::add(&self.metrics.rows_committed, rows as u64);
+            }
+            tracing::debug!(segment = segment.seq, tier = %table.tier(), ?outcome, "flushed");
+            if i == 0 {
+                failpoint::hit("flush.between_tiers");
+            }
+        }
+        failpoint::hit("flush.after_commit");
+        match std::fs::remove_file(&segment.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", segment.path.display())),
+        }
+    }
+}
+
+/// A batch logged by an older version may lack columns added since: they are filled with
+/// nulls, so that an upgrade never strands the WAL.
+fn align_to_schema(
+    batch: RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) => Ok(column.clone()),
+            None if field.is_nullable() => Ok(arrow::array::new_null_array(
+                field.data_type(),
+                batch.num_rows(),
+            )),
+            None => Err(arrow::error::ArrowError::SchemaError(format!(
+                "a WAL record lacks the required column {}",
+                field.name()
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}

@@ -1,0 +1,199 @@
+//! The shared ingest path of both receivers: admit, normalise, log, acknowledge.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use runledger_processor::Normalizer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::CollectorMetrics;
+use crate::wal::Wal;
+use crate::{IngestConfig, IngestError, MemoryBudget};
+
+/// What an accepted export did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// Spans now durable.
+    pub accepted_spans: usize,
+    /// Spans refused one by one (invalid ids or timestamps).
+    pub rejected_spans: usize,
+    /// Why they were refused.
+    pub error_message: String,
+}
+
+impl ExportOutcome {
+    /// The OTLP response: `partial_success` is set only when something was rejected, as the
+    /// specification asks.
+    pub fn into_response(self) -> ExportTraceServiceResponse {
+        ExportTraceServiceResponse {
+            partial_success: (self.rejected_spans > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: self.rejected_spans as i64,
+                error_message: self.error_message,
+            }),
+        }
+    }
+}
+
+/// The ingest path shared by the gRPC and HTTP receivers.
+pub struct Ingest {
+    normalizer: Arc<Normalizer>,
+    wal: Wal,
+    budget: MemoryBudget,
+    inflight: Arc<Semaphore>,
+    config: IngestConfig,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("budget_used", &self.budget.used())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// Builds the ingest path over an open WAL.
+    pub(crate) fn new(
+        normalizer: Normalizer,
+        wal: Wal,
+        budget: MemoryBudget,
+        config: IngestConfig,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Self {
+        Self {
+            normalizer: Arc::new(normalizer),
+            wal,
+            budget,
+            inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
+            config,
+            metrics,
+        }
+    }
+
+    /// The configured limits.
+    pub fn config(&self) -> &IngestConfig {
+        &self.config
+    }
+
+    /// The collector's counters.
+    pub fn metrics(&self) -> &CollectorMetrics {
+        &self.metrics
+    }
+
+    fn overloaded(&self, reason: &'static str) -> IngestError {
+        CollectorMetrics::add(&self.metrics.requests_overloaded, 1);
+        IngestError::Overloaded {
+            reason,
+            retry_after: Duration::from_secs(self.config.retry_after_seconds.max(1)),
+        }
+    }
+
+    /// Admits one request, before its body is read: refused with the overload status when
+    /// too many are in flight or the memory budget is spent. Hold the permit until the
+    /// request is answered.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        if self.budget.is_full() {
+            return Err(self.overloaded("memory budget for unflushed spans is spent"));
+        }
+        self.inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.overloaded("too many export requests in flight"))
+    }
+
+    /// Counts a request refused before [`Ingest::export`] (malformed, too large).
+    pub fn count_refused(&self, error: &IngestError) {
+        CollectorMetrics::add(&self.metrics.requests, 1);
+        match error {
+            IngestError::Malformed(_) | IngestError::UnsupportedMediaType(_) => {
+                CollectorMetrics::add(&self.metrics.requests_malformed, 1)
+            }
+            IngestError::TooLarge { .. } => {
+                CollectorMetrics::add(&self.metrics.requests_too_large, 1)
+            }
+            _ => {}
+        }
+    }
+
+    /// Normalises the request on the blocking pool, appends the accepted spans to the WAL,
+    /// and returns once they are durable.
+    pub async fn export(
+        &self,
+        request: ExportTraceServiceRequest,
+        payload_bytes: usize,
+    ) -> Result<ExportOutcome, IngestError> {
+        CollectorMetrics::add(&self.metrics.requests, 1);
+        CollectorMetrics::add(&self.metrics.bytes_received, payload_bytes as u64);
+        let span_count: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        CollectorMetrics::add(&self.metrics.spans_received, span_count as u64);
+        if span_count == 0 {
+            return Ok(ExportOutcome::default());
+        }
+        let normalizer = self.normalizer.clone();
+        let (normalized, payload) = tokio::task::spawn_blocking(move || {
+            let normalized = normalizer.normalize(&request, SystemTime::now());
+            let payload = normalized.batch.as_ref().map(encode_batch);
+            (normalized, payload)
+        })
+        .await
+        .map_err(|e| IngestError::Unavailable(format!("normalising the request failed: {e}")))?;
+        CollectorMetrics::add(
+            &self.metrics.spans_rejected_invalid,
+            normalized.rejected_spans as u64,
+        );
+        if let Some(payload) = payload {
+            let payload = payload
+                .map_err(|e| IngestError::Unavailable(format!("encoding the batch: {e}")))?;
+            let reservation = self
+                .budget
+                .try_reserve(payload.len())
+                .ok_or_else(|| self.overloaded("memory budget for unflushed spans is spent"))?;
+            self.wal
+                .append(payload, reservation)
+                .await
+                .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+        }
+        CollectorMetrics::add(
+            &self.metrics.spans_accepted,
+            normalized.accepted_spans as u64,
+        );
+        Ok(ExportOutcome {
+            accepted_spans: normalized.accepted_spans,
+            rejected_spans: normalized.rejected_spans,
+            error_message: normalized.error_message,
+        })
+    }
+
+    /// Seals the WAL and stops its writer; later exports fail as unavailable.
+    pub(crate) fn close_wal(&self) {
+        self.wal.close();
+    }
+}
+
+/// A batch as one Arrow IPC stream: the WAL record format.
+pub(crate) fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// The batches of one WAL record.
+pub(crate) fn decode_batches(payload: &[u8]) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    StreamReader::try_new(Cursor::new(payload), None)?.collect()
+}

@@ -1,0 +1,51 @@
+//! The collector's own counters: what came in, what was accepted or rejected and why, and
+//! how the WAL and the flusher are doing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared by the receivers, the WAL and the flusher.
+#[derive(Debug, Default)]
+pub struct CollectorMetrics {
+    /// Export requests received, by either protocol.
+    pub requests: AtomicU64,
+    /// Spans received (valid or not).
+    pub spans_received: AtomicU64,
+    /// Spans acknowledged as durable.
+    pub spans_accepted: AtomicU64,
+    /// Spans rejected one by one through partial success.
+    pub spans_rejected_invalid: AtomicU64,
+    /// Requests refused as malformed.
+    pub requests_malformed: AtomicU64,
+    /// Requests refused as too large.
+    pub requests_too_large: AtomicU64,
+    /// Requests refused because the collector was overloaded.
+    pub requests_overloaded: AtomicU64,
+    /// Bytes of request payloads received (as sent, before decompression).
+    pub bytes_received: AtomicU64,
+    /// Records appended to the WAL.
+    pub wal_records: AtomicU64,
+    /// fsyncs of the WAL; fewer than records when exports share one (group commit).
+    pub wal_fsyncs: AtomicU64,
+    /// Bytes appended to the WAL.
+    pub wal_bytes: AtomicU64,
+    /// WAL segments committed to the lake and released.
+    pub segments_flushed: AtomicU64,
+    /// Rows committed to the lake, summed over tiers.
+    pub rows_committed: AtomicU64,
+    /// Failed flush attempts (each is retried).
+    pub flush_errors: AtomicU64,
+    /// Total time spent flushing segments, in microseconds.
+    pub flush_micros: AtomicU64,
+}
+
+impl CollectorMetrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

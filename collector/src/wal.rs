@@ -1,0 +1,509 @@
+//! The write-ahead log: where an export becomes durable before it is acknowledged.
+//!
+//! ```text
+//!  <data-dir>/wal/LOCK                     flock: one collector per data directory
+//!  <data-dir>/wal/00000000000000000042.wal segment 42: header, then records
+//!  record = u32 length (LE) | u32 CRC-32 of payload (LE) | payload (an Arrow IPC stream)
+//! ```
+//!
+//! One writer thread owns the open segment. Exports queue their records; the thread takes
+//! everything queued, writes it in one `write`, and issues one `fdatasync` for all of it
+//! (group commit), then acknowledges each. A segment is sealed when it reaches its size limit
+//! or its age reaches the flush interval, and handed to the flusher, which deletes it only
+//! after its commit to the lake. Recovery reads every segment left on disk, cuts a torn
+//! tail (a record whose length or checksum does not hold: it was never acknowledged), and
+//! hands them to the flusher again, in sequence order.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::budget::Reservation;
+use crate::metrics::CollectorMetrics;
+
+/// The first bytes of every segment: a magic and a format version.
+const SEGMENT_HEADER: &[u8; 8] = b"RLWAL\0\0\x01";
+/// Bytes of a record's length and checksum.
+const RECORD_HEADER_BYTES: usize = 8;
+/// Records larger than this are corruption, not data (the request limit is far below).
+const MAX_RECORD_BYTES: usize = 1 << 30;
+/// At most this many bytes are written in one group commit.
+const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+
+/// What can go wrong in the WAL.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error("{0} is locked by another runledger process")]
+    Locked(PathBuf),
+    /// A segment does not start with the WAL header.
+    #[error("{0} is not a runledger WAL segment")]
+    NotASegment(PathBuf),
+    /// The writer thread is gone (the collector is shutting down).
+    #[error("the write-ahead log is closed")]
+    Closed,
+    /// A group write failed; nothing in it was acknowledged.
+    #[error("writing the write-ahead log failed: {0}")]
+    WriteFailed(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WalError {
+    let context = context.into();
+    move |source| WalError::Io { context, source }
+}
+
+/// How the WAL behaves.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// The WAL directory.
+    pub dir: PathBuf,
+    /// fsync before acknowledging.
+    pub fsync: bool,
+    /// Seal a segment at this size.
+    pub segment_max_bytes: u64,
+    /// Seal a segment this long after its first record.
+    pub flush_interval: Duration,
+}
+
+/// A segment that receives no more records, waiting for its commit to the lake.
+#[derive(Debug)]
+pub struct SealedSegment {
+    /// Its sequence number: the version of its Delta application transaction.
+    pub seq: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The memory-budget reservations of its records, released with the segment.
+    pub reservations: Vec<Reservation>,
+}
+
+enum Command {
+    Append {
+        payload: Vec<u8>,
+        reservation: Reservation,
+        done: oneshot::Sender<Result<(), WalError>>,
+    },
+    Shutdown,
+}
+
+/// The handle through which exports append to the WAL.
+pub struct Wal {
+    commands: mpsc::Sender<Command>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal").finish_non_exhaustive()
+    }
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.wal"))
+}
+
+/// The segments in `dir`, by sequence number.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
+        let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((seq, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Reads the records of a segment. Returns them and the length of the valid prefix of the
+/// file: a torn or corrupt tail ends the segment.
+pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, u64), WalError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io(format!("reading {}", path.display())))?;
+    if data.len() < SEGMENT_HEADER.len() {
+        // A crash right after creating the file: an empty segment.
+        return Ok((Vec::new(), 0));
+    }
+    if &data[..SEGMENT_HEADER.len()] != SEGMENT_HEADER {
+        return Err(WalError::NotASegment(path.to_path_buf()));
+    }
+    let mut records = Vec::new();
+    let mut pos = SEGMENT_HEADER.len();
+    while data.len() - pos >= RECORD_HEADER_BYTES {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        let start = pos + RECORD_HEADER_BYTES;
+        if len > MAX_RECORD_BYTES || data.len() - start < len {
+            break;
+        }
+        let payload = &data[start..start + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        records.push(payload.to_vec());
+        pos = start + len;
+    }
+    Ok((records, pos as u64))
+}
+
+/// Recovers the segments left in `dir` by a previous process: cuts torn tails, deletes empty
+/// segments, and returns the others by sequence number with their sizes.
+pub fn recover(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
+    let mut recovered = Vec::new();
+    for (seq, path) in list_segments(dir)? {
+        let (records, valid_len) = read_segment(&path)?;
+        if records.is_empty() {
+            std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+            continue;
+        }
+        let file_len = std::fs::metadata(&path)
+            .map_err(io(format!("reading {}", path.display())))?
+            .len();
+        if valid_len < file_len {
+            tracing::warn!(
+                segment = %path.display(),
+                kept = valid_len,
+                cut = file_len - valid_len,
+                "cutting the torn tail of a WAL segment (never acknowledged)"
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(format!("opening {}", path.display())))?;
+            file.set_len(valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(io(format!("truncating {}", path.display())))?;
+        }
+        recovered.push((seq, path, valid_len));
+    }
+    Ok(recovered)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(WalError::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Wal {
+    /// Opens the WAL in `options.dir`: locks the directory, recovers the segments a previous
+    /// process left (see [`recover`]) and sends them to `sealed` in order, each holding a
+    /// reservation of `budget`, then starts the writer thread at a sequence number above both
+    /// the recovered segments and `min_next_seq` (one past what the lake has committed).
+    /// Returns the WAL and how many segments were recovered.
+    pub fn open(
+        options: WalOptions,
+        min_next_seq: u64,
+        sealed: tokio::sync::mpsc::UnboundedSender<SealedSegment>,
+        budget: &crate::MemoryBudget,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Result<(Self, usize), WalError> {
+        std::fs::create_dir_all(&options.dir)
+            .map_err(io(format!("creating {}", options.dir.display())))?;
+        let lock = lock_dir(&options.dir)?;
+        let recovered = recover(&options.dir)?;
+        let next_seq = recovered
+            .last()
+            .map(|(seq, _, _)| seq + 1)
+            .unwrap_or(0)
+            .max(min_next_seq);
+        let recovered_count = recovered.len();
+        for (seq, path, bytes) in recovered {
+            let reservation = budget.force_reserve(bytes as usize);
+            let _ = sealed.send(SealedSegment {
+                seq,
+                path,
+                bytes,
+                reservations: vec![reservation],
+            });
+        }
+        let (commands, receiver) = mpsc::channel();
+        let writer = Writer {
+            options,
+            next_seq,
+            current: None,
+            sealed,
+            metrics,
+        };
+        let writer = std::thread::Builder::new()
+            .name("runledger-wal".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(io("starting the WAL writer thread"))?;
+        Ok((
+            Self {
+                commands,
+                writer: std::sync::Mutex::new(Some(writer)),
+                _lock: lock,
+            },
+            recovered_count,
+        ))
+    }
+
+    /// Appends one record; resolves once it is durable (written, and fsynced if configured).
+    pub async fn append(&self, payload: Vec<u8>, reservation: Reservation) -> Result<(), WalError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Append {
+                payload,
+                reservation,
+                done,
+            })
+            .map_err(|_| WalError::Closed)?;
+        result.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Seals the open segment, stops the writer and waits for it. Appends after this fail.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+        let writer = self.writer.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct OpenSegment {
+    seq: u64,
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    records: u64,
+    opened_at: Instant,
+    reservations: Vec<Reservation>,
+}
+
+struct Writer {
+    options: WalOptions,
+    next_seq: u64,
+    current: Option<OpenSegment>,
+    sealed: tokio::sync::mpsc::UnboundedSender<SealedSegment>,
+    metrics: Arc<CollectorMetrics>,
+}
+
+struct PendingAppend {
+    payload: Vec<u8>,
+    reservation: Reservation,
+    done: oneshot::Sender<Result<(), WalError>>,
+}
+
+impl Writer {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            let command = match &self.current {
+                Some(segment) => {
+                    let deadline = segment.opened_at + self.options.flush_interval;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.seal();
+                        continue;
+                    }
+                    match commands.recv_timeout(deadline - now) {
+                        Ok(command) => command,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.seal();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match commands.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                },
+            };
+            let mut group = Vec::new();
+            let mut group_bytes = 0;
+            let mut shutdown = false;
+            let mut next = Some(command);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append {
+                        payload,
+                        reservation,
+                        done,
+                    } => {
+                        group_bytes += payload.len();
+                        group.push(PendingAppend {
+                            payload,
+                            reservation,
+                            done,
+                        });
+                        if group_bytes < MAX_GROUP_BYTES {
+                            next = commands.try_recv().ok();
+                        }
+                    }
+                    Command::Shutdown => shutdown = true,
+                }
+            }
+            if !group.is_empty() {
+                self.write_group(group);
+            }
+            if shutdown {
+                break;
+            }
+        }
+        self.seal();
+    }
+
+    fn open_segment(&mut self) -> Result<&mut OpenSegment, WalError> {
+        if self.current.is_none() {
+            let seq = self.next_seq;
+            let path = segment_path(&self.options.dir, seq);
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+                .map_err(io(format!("creating {}", path.display())))?;
+            file.write_all(SEGMENT_HEADER)
+                .and_then(|()| file.sync_all())
+                .and_then(|()| sync_dir(&self.options.dir))
+                .map_err(io(format!("initialising {}", path.display())))?;
+            self.next_seq += 1;
+            self.current = Some(OpenSegment {
+                seq,
+                path,
+                file,
+                bytes: SEGMENT_HEADER.len() as u64,
+                records: 0,
+                opened_at: Instant::now(),
+                reservations: Vec::new(),
+            });
+        }
+        Ok(self.current.as_mut().expect("opened above"))
+    }
+
+    fn write_group(&mut self, group: Vec<PendingAppend>) {
+        let fsync = self.options.fsync;
+        let total: usize = group
+            .iter()
+            .map(|a| a.payload.len() + RECORD_HEADER_BYTES)
+            .sum();
+        let mut buffer = Vec::with_capacity(total);
+        for append in &group {
+            buffer.extend_from_slice(&(append.payload.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(&crc32fast::hash(&append.payload).to_le_bytes());
+            buffer.extend_from_slice(&append.payload);
+        }
+        let result = self.open_segment().and_then(|segment| {
+            let before = segment.bytes;
+            let written = segment
+                .file
+                .write_all(&buffer)
+                .and_then(|()| if fsync { segment.file.sync_data() } else { Ok(()) });
+            match written {
+                Ok(()) => {
+                    segment.bytes += buffer.len() as u64;
+                    segment.records += group.len() as u64;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Take back what may have been written, so that no later record follows
+                    // garbage; the segment is sealed below either way.
+                    let _ = segment.file.set_len(before);
+                    Err(WalError::WriteFailed(format!(
+                        "{}: {e}",
+                        segment.path.display()
+                    )))
+                }
+            }
+        });
+        match result {
+            Ok(()) => {
+                CollectorMetrics::add(&self.metrics.wal_records, group.len() as u64);
+                CollectorMetrics::add(&self.metrics.wal_bytes, buffer.len() as u64);
+                if fsync {
+                    CollectorMetrics::add(&self.metrics.wal_fsyncs, 1);
+                }
+                let segment = self.current.as_mut().expect("written above");
+                for append in group {
+                    segment.reservations.push(append.reservation);
+                    let _ = append.done.send(Ok(()));
+                }
+                if segment.bytes >= self.options.segment_max_bytes {
+                    self.seal();
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "WAL write failed; the exports are refused as retryable");
+                let message = error.to_string();
+                for append in group {
+                    let _ = append.done.send(Err(WalError::WriteFailed(message.clone())));
+                }
+                self.seal();
+            }
+        }
+    }
+
+    fn seal(&mut self) {
+        let Some(segment) = self.current.take() else {
+            return;
+        };
+        if segment.records == 0 {
+            let _ = std::fs::remove_file(&segment.path);
+            return;
+        }
+        if !self.options.fsync {
+            // Without per-group fsyncs, a sealed segment is at least on disk before it is
+            // committed and deleted.
+            let _ = segment.file.sync_data();
+        }
+        let sealed = SealedSegment {
+            seq: segment.seq,
+            path: segment.path,
+            bytes: segment.bytes,
+            reservations: segment.reservations,
+        };
+        if self.sealed.send(sealed).is_err() {
+            tracing::error!("the flusher is gone; the segment stays on disk for the next start");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

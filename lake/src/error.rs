@@ -1,0 +1,42 @@
+//! Errors of the lake.
+
+use runledger_schemas::Tier;
+
+/// What went wrong writing or opening a span table.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The Delta log or the object store refused an operation.
+    #[error("{tier} span table: {context}: {source}")]
+    Delta {
+        /// The tier whose table failed.
+        tier: Tier,
+        /// What runledger was doing.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// A batch could not be sorted or split (a bug if it ever happens: batches are built by
+    /// the processor in the table's schema).
+    #[error("{tier} span table: preparing a batch: {0}", tier = .1)]
+    Arrow(#[source] arrow::error::ArrowError, Tier),
+    /// The table location is not a valid path.
+    #[error("{tier} span table: bad location {path}: {reason}")]
+    Location {
+        /// The tier.
+        tier: Tier,
+        /// The path that was given.
+        path: String,
+        /// Why it is bad.
+        reason: String,
+    },
+    /// A local file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What runledger was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,305 @@
+//! One tier's span table: open or create it, and append batches idempotently.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, TableProperty};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use runledger_schemas::{col, span_table_schema, Tier, PARTITION_COLUMNS};
+use serde::{Deserialize, Serialize};
+
+use crate::LakeError;
+
+/// How the lake writes (`[lake]` in the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// ZSTD level of the Parquet files (1-22). Default 3: most of the ratio at a fraction of
+    /// the CPU of higher levels.
+    pub zstd_level: i32,
+    /// Rows per Parquet row group. Smaller groups let a run lookup skip more; larger ones
+    /// compress better. Default 65536.
+    pub max_row_group_rows: usize,
+    /// A Delta checkpoint is written every this many commits, so that opening a table reads
+    /// one checkpoint and at most this many JSON commits however long it lives. Default 100.
+    pub checkpoint_interval: u32,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            zstd_level: 3,
+            max_row_group_rows: 65_536,
+            checkpoint_interval: 100,
+        }
+    }
+}
+
+impl LakeConfig {
+    /// Checks the ranges serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(format!(
+                "lake.zstd_level must be between 1 and 22, got {}",
+                self.zstd_level
+            ));
+        }
+        if self.max_row_group_rows == 0 {
+            return Err("lake.max_row_group_rows must be positive".into());
+        }
+        if self.checkpoint_interval == 0 {
+            return Err("lake.checkpoint_interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a tier's span table lives: `<data-dir>/<tier>/spans`.
+pub fn table_path(data_dir: &Path, tier: Tier) -> PathBuf {
+    data_dir.join(tier.as_str()).join("spans")
+}
+
+/// The Parquet settings of every file runledger writes: ZSTD, page statistics, bloom filters
+/// on the id columns, and no dictionary for free text.
+pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
+    let no_dictionary = [
+        vec![col::ATTRIBUTES, "key_value", "value"],
+        vec![col::RESOURCE_ATTRIBUTES, "key_value", "value"],
+        vec![col::EVENTS],
+        vec![col::LINKS],
+        vec![col::STATUS_MESSAGE],
+    ];
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(config.zstd_level).unwrap_or_default(),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(config.max_row_group_rows));
+    for id_column in [col::RUN_ID, col::TRACE_ID] {
+        let path = ColumnPath::from(id_column);
+        builder = builder
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_max_ndv(path.clone(), config.max_row_group_rows as u64)
+            .set_column_bloom_filter_fpp(path, 0.01);
+    }
+    for path in no_dictionary {
+        let path = ColumnPath::new(path.into_iter().map(String::from).collect());
+        builder = builder.set_column_dictionary_enabled(path, false);
+    }
+    builder.build()
+}
+
+/// Concatenates batches of the span table and sorts the rows by partition, then
+/// (`run_id`, `start_time`): the order in which they are written, so that each file is sorted
+/// by run.
+pub fn sort_for_lake(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    if batches.is_empty() {
+        return Ok(None);
+    }
+    let batch = concat_batches(&batches[0].schema(), batches.iter().copied())?;
+    let key = |name: &str| SortColumn {
+        values: batch.column_by_name(name).expect("span table column").clone(),
+        options: None,
+    };
+    let indices = lexsort_to_indices(
+        &[
+            key(col::DATE),
+            key(col::HOUR),
+            key(col::RUN_ID),
+            key(col::START_TIME),
+        ],
+        None,
+    )?;
+    Ok(Some(take_record_batch(&batch, &indices)?))
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// A new table version was committed.
+    Committed {
+        /// The table version of the commit.
+        version: i64,
+        /// Rows written.
+        rows: usize,
+    },
+    /// The application transaction was committed before: nothing was written.
+    AlreadyCommitted,
+    /// There was nothing to write.
+    Empty,
+}
+
+/// One tier's span table, open for appends.
+pub struct SpanTable {
+    tier: Tier,
+    path: PathBuf,
+    table: DeltaTable,
+    properties: WriterProperties,
+}
+
+impl std::fmt::Debug for SpanTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanTable")
+            .field("tier", &self.tier)
+            .field("path", &self.path)
+            .field("version", &self.table.version())
+            .finish()
+    }
+}
+
+impl SpanTable {
+    /// Opens the tier's table under `data_dir`, creating it (and its directories) if it does
+    /// not exist yet. Creating is safe when another collector races to create the same table.
+    pub async fn open_or_create(
+        data_dir: &Path,
+        tier: Tier,
+        config: &LakeConfig,
+    ) -> Result<Self, LakeError> {
+        let path = table_path(data_dir, tier);
+        std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
+            context: format!("creating {}", path.display()),
+            source,
+        })?;
+        let absolute = std::fs::canonicalize(&path).map_err(|source| LakeError::Io {
+            context: format!("resolving {}", path.display()),
+            source,
+        })?;
+        let url = url::Url::from_directory_path(&absolute).map_err(|()| LakeError::Location {
+            tier,
+            path: absolute.display().to_string(),
+            reason: "not an absolute directory path".into(),
+        })?;
+        let delta = |context| move |source| LakeError::Delta { tier, context, source };
+        let mut table = DeltaTable::try_from_url(url)
+            .await
+            .map_err(delta("opening the table"))?;
+        if table.version().is_none() {
+            let schema: StructType = span_table_schema()
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| LakeError::Delta {
+                    tier,
+                    context: "converting the span-table schema",
+                    source: e.into(),
+                })?;
+            table = table
+                .create()
+                .with_columns(schema.fields().cloned())
+                .with_partition_columns(PARTITION_COLUMNS)
+                .with_table_name(format!("runledger_{}_spans", tier.as_str()))
+                .with_comment(format!(
+                    "runledger {tier} tier: one row per span, see schemas/span_table.md"
+                ))
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(config.checkpoint_interval.to_string()),
+                )
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(delta("creating the table"))?;
+            if table.version().is_none() {
+                table.load().await.map_err(delta("loading the table"))?;
+            }
+        }
+        Ok(Self {
+            tier,
+            path: absolute,
+            table,
+            properties: writer_properties(config),
+        })
+    }
+
+    /// The tier of this table.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// The table's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The latest version of the application transaction `app_id` committed to this table,
+    /// reading the log for commits made since it was opened (by this process or another).
+    pub async fn committed_transaction(&mut self, app_id: &str) -> Result<Option<i64>, LakeError> {
+        let tier = self.tier;
+        self.table
+            .update_state()
+            .await
+            .map_err(|source| LakeError::Delta {
+                tier,
+                context: "refreshing the table",
+                source,
+            })?;
+        let log_store = self.table.log_store();
+        self.table
+            .snapshot()
+            .map_err(|source| LakeError::Delta {
+                tier,
+                context: "reading the snapshot",
+                source,
+            })?
+            .transaction_version(log_store.as_ref(), app_id)
+            .await
+            .map_err(|source| LakeError::Delta {
+                tier,
+                context: "reading application transactions",
+                source,
+            })
+    }
+
+    /// Appends `batch` (already sorted by [`sort_for_lake`]) in one atomic commit carrying the
+    /// application transaction (`app_id`, `txn_version`). When that transaction, or a later
+    /// one of the same application, is already in the table, nothing is written: this is what
+    /// makes a replay of the write-ahead log idempotent.
+    pub async fn append(
+        &mut self,
+        batch: Option<&RecordBatch>,
+        app_id: &str,
+        txn_version: i64,
+    ) -> Result<AppendOutcome, LakeError> {
+        if self
+            .committed_transaction(app_id)
+            .await?
+            .is_some_and(|committed| committed >= txn_version)
+        {
+            return Ok(AppendOutcome::AlreadyCommitted);
+        }
+        let Some(batch) = batch.filter(|b| b.num_rows() > 0) else {
+            return Ok(AppendOutcome::Empty);
+        };
+        let tier = self.tier;
+        let delta = |context| move |source| LakeError::Delta { tier, context, source };
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(delta("opening a writer"))?
+            .with_writer_properties(self.properties.clone())
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transaction(Transaction::new(app_id, txn_version)),
+            );
+        writer
+            .write(batch.clone())
+            .await
+            .map_err(delta("writing Parquet files"))?;
+        let version = writer
+            .flush_and_commit(&mut self.table)
+            .await
+            .map_err(delta("committing"))?;
+        Ok(AppendOutcome::Committed {
+            version: version as i64,
+            rows: batch.num_rows(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

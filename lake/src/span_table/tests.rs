@@ -1,0 +1,139 @@
+use super::*;
+use std::time::SystemTime;
+
+use arrow::array::{Array, AsArray};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use runledger_processor::{Normalizer, ProcessorConfig};
+
+/// `n` spans in `runs` runs, spread over two hours, in reverse order of run id.
+fn batch(n: usize, runs: usize) -> RecordBatch {
+    let hour_ns = 3_600_000_000_000u64;
+    let base = 1_700_000_000_000_000_000u64 / hour_ns * hour_ns;
+    let spans = (0..n)
+        .map(|i| {
+            let run = runs - 1 - (i % runs);
+            Span {
+                trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                name: format!("span {i}"),
+                start_time_unix_nano: base + (i as u64 % 2) * hour_ns + (n - i) as u64,
+                end_time_unix_nano: base + (i as u64 % 2) * hour_ns + n as u64 + 10,
+                attributes: vec![KeyValue {
+                    key: "runledger.run.id".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue(format!("run-{run:04}"))),
+                    }), ..Default::default() }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    Normalizer::new(&ProcessorConfig::default())
+        .unwrap()
+        .normalize(&request, SystemTime::now())
+        .batch
+        .unwrap()
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn appends_are_idempotent_per_application_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LakeConfig::default();
+    let mut table = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
+        .await
+        .unwrap();
+    let sorted = sort_for_lake(&[batch(100, 7)]).unwrap().unwrap();
+    let first = table.append(Some(&sorted), "collector-a", 1).await.unwrap();
+    assert!(matches!(first, AppendOutcome::Committed { rows: 100, .. }), "{first:?}");
+    // The same transaction again, as a replay after a crash would: nothing is written.
+    let replay = table.append(Some(&sorted), "collector-a", 1).await.unwrap();
+    assert_eq!(replay, AppendOutcome::AlreadyCommitted);
+    // Another collector's transaction 1 is its own.
+    let other = table.append(Some(&sorted), "collector-b", 1).await.unwrap();
+    assert!(matches!(other, AppendOutcome::Committed { .. }));
+
+    // A second process opening the table sees the transactions.
+    let mut reopened = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
+        .await
+        .unwrap();
+    assert_eq!(reopened.committed_transaction("collector-a").await.unwrap(), Some(1));
+    assert_eq!(reopened.committed_transaction("nobody").await.unwrap(), None);
+
+    let files = parquet_files(&table_path(dir.path(), Tier::Raw));
+    // Two hours, two commits: four files, under hive-style partition directories.
+    assert_eq!(files.len(), 4, "{files:?}");
+    let mut rows = 0;
+    for file in &files {
+        let rel = file.strip_prefix(table_path(dir.path(), Tier::Raw)).unwrap();
+        let rel = rel.to_string_lossy();
+        assert!(rel.starts_with("date=2023-11-14/hour=2"), "{rel}");
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let meta = reader.metadata();
+        rows += meta.file_metadata().num_rows();
+        let columns = meta.row_group(0).columns();
+        let find = |name: &str| columns.iter().find(|c| c.column_path().string() == name).unwrap();
+        assert!(find("run_id").bloom_filter_offset().is_some(), "bloom filter on run_id");
+        assert!(find("trace_id").bloom_filter_offset().is_some(), "bloom filter on trace_id");
+        assert_eq!(find("run_id").compression(), Compression::ZSTD(ZstdLevel::try_new(3).unwrap()));
+        assert!(find("run_id").statistics().is_some());
+    }
+    assert_eq!(rows, 200);
+}
+
+#[test]
+fn rows_are_sorted_by_partition_then_run_then_start() {
+    let sorted = sort_for_lake(&[batch(50, 5), batch(30, 3)]).unwrap().unwrap();
+    assert_eq!(sorted.num_rows(), 80);
+    let hour = sorted.column_by_name("hour").unwrap().as_string::<i32>();
+    let run = sorted.column_by_name("run_id").unwrap().as_string::<i32>();
+    let start = sorted
+        .column_by_name("start_time")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    for i in 1..sorted.num_rows() {
+        let prev = (hour.value(i - 1), run.value(i - 1), start.value(i - 1));
+        let cur = (hour.value(i), run.value(i), start.value(i));
+        assert!(prev <= cur, "row {i}: {prev:?} > {cur:?}");
+    }
+    assert!(sort_for_lake(&[]).unwrap().is_none());
+    assert!(run.is_valid(0));
+}
+
+#[tokio::test]
+async fn the_table_schema_is_the_span_table_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = SpanTable::open_or_create(dir.path(), Tier::Redacted, &LakeConfig::default())
+        .await
+        .unwrap();
+    let writer = RecordBatchWriter::for_table(&table.table).unwrap();
+    let expected = span_table_schema();
+    let actual = writer.arrow_schema();
+    for field in expected.fields() {
+        let got = actual.field_with_name(field.name()).unwrap();
+        assert_eq!(got.data_type(), field.data_type(), "column {}", field.name());
+    }
+}

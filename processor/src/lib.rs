@@ -1,0 +1,23 @@
+//! The processor: turns OTLP spans into rows of the span table.
+//!
+//! ```text
+//!  ExportTraceServiceRequest
+//!      |  validate each span (ids, timestamps): the bad ones are rejected one by one
+//!      v
+//!  normalise: attributes -> typed columns by the conventions of `runledger_schemas`
+//!      |        (run_id, workflow, outcome, side effect, tokens...), the rest kept as maps
+//!      v
+//!  Arrow RecordBatch in the span-table schema  ->  the collector's write-ahead log
+//! ```
+//!
+//! Normalisation is deterministic and cheap, so the collector runs it before the write-ahead
+//! log: what is logged is already a batch of the table's rows, and the flush to the lake is a
+//! sort and a Parquet encode, not a second decode of OTLP.
+#![deny(missing_docs)]
+
+mod anyvalue;
+pub mod config;
+mod normalize;
+
+pub use config::ProcessorConfig;
+pub use normalize::{NormalizedBatch, Normalizer};

@@ -1,0 +1,69 @@
+//! `runledger`: one binary whose subcommands run each part of the pipeline.
+//!
+//! - `serve`: the collector (OTLP gRPC and HTTP), the flush into the lake, and the API.
+//! - `gen`: the sample-data generator, sending realistic agent traffic over OTLP.
+//! - `bench`: the benchmarks documented in the README.
+
+mod bench;
+mod config;
+mod gen;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "runledger", version, about = "What your AI agents did, what it cost, and whether they are safe to trust with more autonomy.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive OTLP traces, make them durable, and write them to the lake.
+    Serve(serve::ServeArgs),
+    /// Send generated agent traffic to a collector over OTLP.
+    Gen(gen::GenArgs),
+    /// Run a benchmark and print its figures.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNLEDGER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Gen(args) => gen::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The default data directory.
+pub(crate) fn default_data_dir() -> PathBuf {
+    PathBuf::from("./runledger-data")
+}

@@ -35,7 +35,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNLEDGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(
+                    "info,buoyant_kernel=warn,buoyant_kernel_engine=warn,deltalake_core=warn,deltalake=warn",
+                )),
         )
         .with_writer(std::io::stderr)
         .init();

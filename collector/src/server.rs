@@ -149,7 +149,11 @@ impl Collector {
         let flusher = std::thread::Builder::new()
             .name("runledger-flush".into())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                // One worker: the flusher is sequential by design; multi-threaded so that the
+                // Delta kernel's nested blocking calls have somewhere to run.
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("runledger-flush-rt")
                     .enable_all()
                     .build()
                     .expect("the flusher's runtime starts");

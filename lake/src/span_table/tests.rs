@@ -98,7 +98,7 @@ async fn appends_are_idempotent_per_application_transaction() {
         let find = |name: &str| columns.iter().find(|c| c.column_path().string() == name).unwrap();
         assert!(find("run_id").bloom_filter_offset().is_some(), "bloom filter on run_id");
         assert!(find("trace_id").bloom_filter_offset().is_some(), "bloom filter on trace_id");
-        assert_eq!(find("run_id").compression(), Compression::ZSTD(ZstdLevel::try_new(3).unwrap()));
+        assert!(matches!(find("run_id").compression(), Compression::ZSTD(_)));
         assert!(find("run_id").statistics().is_some());
     }
     assert_eq!(rows, 200);

@@ -189,12 +189,14 @@ fn invalid_spans_are_rejected_one_by_one() {
     bad_parent.parent_span_id = vec![1; 3];
     let mut no_start = span(6, None, vec![]);
     no_start.start_time_unix_nano = 0;
+    let mut too_late = span(7, None, vec![]);
+    too_late.end_time_unix_nano = u64::MAX;
     let out = normalize(&request(
         vec![],
-        vec![good, short_trace, zero_span, backwards, bad_parent, no_start],
+        vec![good, short_trace, zero_span, backwards, bad_parent, no_start, too_late],
     ));
     assert_eq!(out.accepted_spans, 1);
-    assert_eq!(out.rejected_spans, 5);
+    assert_eq!(out.rejected_spans, 6);
     assert_eq!(out.batch.unwrap().num_rows(), 1);
     for needle in ["trace_id must be 16 bytes, got 8", "span_id is all zeros", "is before", "parent_span_id", "spans[5]"] {
         assert!(out.error_message.contains(needle), "{needle} missing from {}", out.error_message);

@@ -59,6 +59,8 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
                 let response = outcome.into_response();
                 let body = match encoding {
                     Encoding::Protobuf => response.encode_to_vec(),
+                    // `{}` rather than `{"partialSuccess":null}` when everything was accepted.
+                    Encoding::Json if response.partial_success.is_none() => b"{}".to_vec(),
                     Encoding::Json => serde_json::to_vec(&response).expect("responses serialise"),
                 };
                 ([(header::CONTENT_TYPE, encoding.content_type())], body).into_response()

@@ -179,9 +179,20 @@ impl SpanTable {
             reason: "not an absolute directory path".into(),
         })?;
         let delta = |context| move |source| LakeError::Delta { tier, context, source };
-        let mut table = DeltaTable::try_from_url(url)
-            .await
-            .map_err(delta("opening the table"))?;
+        // A table without a log is created without trying to load it first (which only
+        // logs a loud "no files in log segment").
+        let has_log = std::fs::read_dir(absolute.join("_delta_log"))
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false);
+        let mut table = if has_log {
+            DeltaTable::try_from_url(url)
+                .await
+                .map_err(delta("opening the table"))?
+        } else {
+            deltalake::DeltaTableBuilder::from_url(url)
+                .and_then(|builder| builder.build())
+                .map_err(delta("opening the table"))?
+        };
         if table.version().is_none() {
             let schema: StructType = span_table_schema()
                 .as_ref()

@@ -174,16 +174,22 @@ pub fn read_lake_with_python(data_dir: &Path, tier: &str) -> serde_json::Value {
 
 /// `SELECT <columns> FROM raw_spans ...` through runledger's own query side, as JSON rows.
 pub fn query(data_dir: &Path, sql: &str) -> Vec<serde_json::Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (ctx, _) = runledger_query::open_lake(data_dir).await.unwrap();
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let mut writer = arrow_json_rows(&batches);
-        std::mem::take(&mut writer)
+    // On a thread of its own, so that async tests can call it too.
+    let data_dir = data_dir.to_path_buf();
+    let sql = sql.to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (ctx, _) = runledger_query::open_lake(&data_dir).await.unwrap();
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            arrow_json_rows(&batches)
+        })
     })
+    .join()
+    .unwrap()
 }
 
 fn arrow_json_rows(batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Vec<serde_json::Value> {
@@ -215,4 +221,143 @@ pub fn raw_span_ids(data_dir: &Path) -> Vec<String> {
 /// A config with a short flush interval, for tests that wait for the lake.
 pub fn fast_flush_config(extra: &str) -> String {
     format!("[wal]\nflush_interval_ms = 200\n{extra}")
+}
+
+/// A gRPC client that sends raw bytes as the Export request, to test what the collector does
+/// with payloads no SDK would send.
+pub mod raw_grpc {
+    use bytes::{Buf, BufMut};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Debug, Default, Clone)]
+    pub struct RawCodec;
+    pub struct RawEncoder;
+    pub struct ResponseDecoder;
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for ResponseDecoder {
+        type Item = ExportTraceServiceResponse;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+            let bytes = src.copy_to_bytes(src.remaining());
+            ExportTraceServiceResponse::decode(bytes)
+                .map(Some)
+                .map_err(|e| Status::internal(e.to_string()))
+        }
+    }
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = ExportTraceServiceResponse;
+        type Encoder = RawEncoder;
+        type Decoder = ResponseDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> ResponseDecoder {
+            ResponseDecoder
+        }
+    }
+
+    /// Sends `payload` as the body of `TraceService/Export`.
+    pub async fn export(
+        endpoint: &str,
+        payload: Vec<u8>,
+        gzip: bool,
+    ) -> Result<ExportTraceServiceResponse, Status> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if gzip {
+            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        grpc.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        );
+        grpc.unary(tonic::Request::new(payload), path, RawCodec)
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// Small OTLP requests built by hand.
+pub mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    pub fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A valid span with the given ids, started now.
+    pub fn span(trace: u128, id: u64, attributes: Vec<KeyValue>) -> Span {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Span {
+            trace_id: trace.to_be_bytes().to_vec(),
+            span_id: id.to_be_bytes().to_vec(),
+            name: format!("span {id}"),
+            start_time_unix_nano: now - 1_000_000,
+            end_time_unix_nano: now,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "hand-built")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+/// `google.rpc.Status` as OTLP/HTTP returns it in error responses.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
 }

@@ -120,16 +120,33 @@ async fn ingest(
     runs_per_request: usize,
     data_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    println!("runledger ingest benchmark ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "runledger ingest benchmark ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     let (decode_rate, decode_spans) =
-        tokio::task::spawn_blocking(move || decode_only(runs.min(20_000), runs_per_request)).await?;
-    println!("(a) decode-only, one core:        {decode_rate:>12.0} spans/s  ({decode_spans} spans)");
+        tokio::task::spawn_blocking(move || decode_only(runs.min(20_000), runs_per_request))
+            .await?;
+    println!(
+        "(a) decode-only, one core:        {decode_rate:>12.0} spans/s  ({decode_spans} spans)"
+    );
 
     let temp = tempfile::tempdir()?;
     let data_dir = data_dir.unwrap_or_else(|| temp.path().join("data"));
     let exe = std::env::current_exe().context("locating the runledger binary")?;
     let mut child = std::process::Command::new(exe)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .env("RUNLEDGER_LOG", "warn")
         .stdout(Stdio::piped())
@@ -187,7 +204,10 @@ async fn ingest(
         flushed_at.as_secs_f64(),
         report.retries
     );
-    println!("(c) end to end / decode-only:     {:>12.3}", e2e_rate / decode_rate);
+    println!(
+        "(c) end to end / decode-only:     {:>12.3}",
+        e2e_rate / decode_rate
+    );
     let parquet = parquet_bytes(&data_dir.join("raw").join("spans"))?;
     let otlp_per_span = report.otlp_bytes as f64 / report.spans_sent as f64;
     let parquet_per_span = parquet as f64 / report.spans_acked as f64;

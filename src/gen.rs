@@ -73,7 +73,7 @@ pub(crate) async fn run(args: GenArgs) -> anyhow::Result<ExitCode> {
             .context("--end is out of range")? as u64,
         None => now_unix_nano(),
     };
-    if !(args.spread_hours >= 0.0) {
+    if args.spread_hours.is_nan() || args.spread_hours < 0.0 {
         anyhow::bail!("--spread-hours must be zero or positive");
     }
     let options = SendOptions {

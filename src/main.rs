@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "runledger", version, about = "What your AI agents did, what it cost, and whether they are safe to trust with more autonomy.")]
+#[command(
+    name = "runledger",
+    version,
+    about = "What your AI agents did, what it cost, and whether they are safe to trust with more autonomy."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

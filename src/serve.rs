@@ -94,7 +94,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let metrics = collector.metrics();
     let _ = stop_api.send(());
-    collector.shutdown().await.context("stopping the collector")?;
+    collector
+        .shutdown()
+        .await
+        .context("stopping the collector")?;
     let _ = api.await;
     use runledger_collector::CollectorMetrics as M;
     println!(

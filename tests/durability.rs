@@ -31,7 +31,10 @@ async fn stream_until_refused(
             for batch in 0u64.. {
                 let first = (worker << 40) | (batch * per_request) | 1;
                 let ids: Vec<u64> = (first..first + per_request).collect();
-                let spans = ids.iter().map(|id| span(*id as u128 + 1, *id, vec![])).collect();
+                let spans = ids
+                    .iter()
+                    .map(|id| span(*id as u128 + 1, *id, vec![]))
+                    .collect();
                 match client.export(request(spans)).await {
                     Ok(response) => {
                         assert!(response.into_inner().partial_success.is_none());
@@ -74,12 +77,26 @@ fn assert_exactly_once(data_dir: &std::path::Path, acked: &[u64]) {
         .map(|id| format!("{id:016x}"))
         .filter(|id| !counts.contains_key(id))
         .collect();
-    assert!(missing.is_empty(), "{} acknowledged spans lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged spans lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     let wal_segments = std::fs::read_dir(data_dir.join("wal"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
         .count();
-    assert_eq!(wal_segments, 0, "every segment is released after its commit");
+    assert_eq!(
+        wal_segments, 0,
+        "every segment is released after its commit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +127,11 @@ async fn sigkill_while_streaming_loses_and_duplicates_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_each_step_of_a_flush_is_replayed_exactly_once() {
-    for failpoint in ["flush.before_commit", "flush.between_tiers", "flush.after_commit"] {
+    for failpoint in [
+        "flush.before_commit",
+        "flush.between_tiers",
+        "flush.after_commit",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let server = Server::start_with_env(
@@ -118,7 +139,9 @@ async fn a_crash_at_each_step_of_a_flush_is_replayed_exactly_once() {
             &fast_flush_config(""),
             &[("RUNLEDGER_FAILPOINT", failpoint)],
         );
-        let mut client = TraceServiceClient::connect(server.grpc_endpoint()).await.unwrap();
+        let mut client = TraceServiceClient::connect(server.grpc_endpoint())
+            .await
+            .unwrap();
         let mut acked = Vec::new();
         for batch in 0..3u64 {
             let ids: Vec<u64> = (batch * 10 + 1..batch * 10 + 11).collect();
@@ -134,7 +157,10 @@ async fn a_crash_at_each_step_of_a_flush_is_replayed_exactly_once() {
         })
         .await
         .unwrap();
-        assert!(!status.success(), "{failpoint}: the failpoint aborted the server");
+        assert!(
+            !status.success(),
+            "{failpoint}: the failpoint aborted the server"
+        );
 
         let restarted = Server::start(&data_dir, &fast_flush_config(""));
         assert!(restarted.stop().success());
@@ -148,18 +174,20 @@ async fn graceful_stop_flushes_everything_and_exits_zero() {
     let data_dir = dir.path().join("data");
     // Nothing would be flushed for an hour: only the stop can put it in the lake.
     let server = Server::start(&data_dir, "[wal]\nflush_interval_ms = 3600000\n");
-    let mut client = TraceServiceClient::connect(server.grpc_endpoint()).await.unwrap();
+    let mut client = TraceServiceClient::connect(server.grpc_endpoint())
+        .await
+        .unwrap();
     let mut acked = Vec::new();
     for batch in 0..20u64 {
         let ids: Vec<u64> = (batch * 100 + 1..batch * 100 + 101).collect();
-        let spans = ids.iter().map(|id| span(*id as u128, *id, vec![])).collect();
+        let spans = ids
+            .iter()
+            .map(|id| span(*id as u128, *id, vec![]))
+            .collect();
         client.export(request(spans)).await.unwrap();
         acked.extend(ids);
     }
-    let stop = tokio::task::spawn_blocking(move || {
-        let status = server.stop();
-        status
-    });
+    let stop = tokio::task::spawn_blocking(move || server.stop());
     let status = stop.await.unwrap();
     assert!(status.success(), "{status}");
     assert_exactly_once(&data_dir, &acked);
@@ -172,19 +200,30 @@ async fn spans_are_queryable_within_the_flush_interval() {
     let data_dir = dir.path().join("data");
     // The default configuration: a 2 s flush interval, within the promised 5 s.
     let server = Server::start(&data_dir, "");
-    let mut client = TraceServiceClient::connect(server.grpc_endpoint()).await.unwrap();
-    client.export(request(vec![span(5, 5, vec![])])).await.unwrap();
+    let mut client = TraceServiceClient::connect(server.grpc_endpoint())
+        .await
+        .unwrap();
+    client
+        .export(request(vec![span(5, 5, vec![])]))
+        .await
+        .unwrap();
     let acked_at = Instant::now();
     let data = data_dir.clone();
     let visible_after = tokio::task::spawn_blocking(move || loop {
         if raw_span_ids(&data) == vec![format!("{:016x}", 5)] {
             return acked_at.elapsed();
         }
-        assert!(acked_at.elapsed() < Duration::from_secs(10), "not visible after 10 s");
+        assert!(
+            acked_at.elapsed() < Duration::from_secs(10),
+            "not visible after 10 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     })
     .await
     .unwrap();
-    assert!(visible_after < Duration::from_secs(5), "visible after {visible_after:?}");
+    assert!(
+        visible_after < Duration::from_secs(5),
+        "visible after {visible_after:?}"
+    );
     drop(server);
 }

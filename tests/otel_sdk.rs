@@ -22,14 +22,25 @@ fn sdk_exporters_land_in_the_lake_field_by_field() {
     let mut sent: Vec<(String, Value)> = Vec::new();
     for (protocol, gzip, endpoint) in &cases {
         let run_id = format!("run-{protocol}-{}", if *gzip { "gzip" } else { "plain" });
-        let mut args = vec!["--protocol", protocol, "--endpoint", endpoint, "--run-id", &run_id];
+        let mut args = vec![
+            "--protocol",
+            protocol,
+            "--endpoint",
+            endpoint,
+            "--run-id",
+            &run_id,
+        ];
         if *gzip {
             args.push("--gzip");
         }
         let out = run_python("export_with_sdk.py", &args);
         let report: Value = serde_json::from_str(&out).unwrap();
         assert!(
-            report["results"].as_array().unwrap().iter().all(|r| r == "SUCCESS"),
+            report["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r == "SUCCESS"),
             "{protocol} gzip={gzip}: {report}"
         );
         for span in report["spans"].as_array().unwrap() {
@@ -41,7 +52,10 @@ fn sdk_exporters_land_in_the_lake_field_by_field() {
     assert!(status.success(), "graceful stop exits 0: {status}");
 
     let lake = read_lake_with_python(&data_dir, "raw");
-    assert_eq!(lake["partition_columns"], serde_json::json!(["date", "hour"]));
+    assert_eq!(
+        lake["partition_columns"],
+        serde_json::json!(["date", "hour"])
+    );
     assert_eq!(lake["duckdb"]["count"], 16);
     assert_eq!(lake["duckdb"]["runs"], 4);
     assert_eq!(lake["duckdb"]["input_tokens"], 4 * 1200);
@@ -72,7 +86,10 @@ fn sdk_exporters_land_in_the_lake_field_by_field() {
         assert_eq!(row["end_time"].as_u64().unwrap(), end_ns / 1000);
         assert_eq!(row["duration_ns"].as_u64().unwrap(), end_ns - start_ns);
         let start = chrono::DateTime::from_timestamp_nanos(start_ns as i64);
-        assert_eq!(row["date"], Value::from(start.format("%Y-%m-%d").to_string()));
+        assert_eq!(
+            row["date"],
+            Value::from(start.format("%Y-%m-%d").to_string())
+        );
         assert_eq!(row["hour"], Value::from(start.format("%H").to_string()));
         assert_eq!(row["status_code"], span["status_code"]);
         if span["status_code"] == "error" {
@@ -87,8 +104,14 @@ fn sdk_exporters_land_in_the_lake_field_by_field() {
         }
         // Who.
         assert_eq!(row["service_name"], "refund-service");
-        assert_eq!(row["resource_attributes"]["deployment.environment.name"], "test");
-        assert_eq!(row["resource_attributes"]["telemetry.sdk.language"], "python");
+        assert_eq!(
+            row["resource_attributes"]["deployment.environment.name"],
+            "test"
+        );
+        assert_eq!(
+            row["resource_attributes"]["telemetry.sdk.language"],
+            "python"
+        );
         assert_eq!(row["scope_name"], "runledger.tests");
         assert_eq!(row["scope_version"], "0.1");
         // Every attribute is kept, in its string form.
@@ -98,9 +121,15 @@ fn sdk_exporters_land_in_the_lake_field_by_field() {
                 Value::Array(_) => value.to_string(),
                 other => other.to_string(),
             };
-            let stored = row_attrs[key].as_str().unwrap_or_else(|| panic!("attribute {key} missing"));
+            let stored = row_attrs[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("attribute {key} missing"));
             if value.is_array() {
-                assert_eq!(serde_json::from_str::<Value>(stored).unwrap(), *value, "{key}");
+                assert_eq!(
+                    serde_json::from_str::<Value>(stored).unwrap(),
+                    *value,
+                    "{key}"
+                );
             } else {
                 assert_eq!(stored, expected, "{key}");
             }
@@ -126,7 +155,10 @@ fn sdk_exporters_land_in_the_lake_field_by_field() {
                 assert_eq!(row["reasoning_tokens"], 100);
                 assert_eq!(row["outcome"], Value::Null, "only roots carry the outcome");
                 assert_eq!(row["workflow"], Value::Null);
-                assert_eq!(row["agent_name"], "refund-service", "falls back to service.name");
+                assert_eq!(
+                    row["agent_name"], "refund-service",
+                    "falls back to service.name"
+                );
                 assert_eq!(row_attrs["gen_ai.request.temperature"], "0.25");
             }
             "execute_tool issue_refund" => {

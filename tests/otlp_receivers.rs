@@ -17,7 +17,12 @@ fn config() -> String {
     format!("[ingest]\nmax_request_bytes = {LIMIT}\n")
 }
 
-async fn post(url: &str, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+async fn post(
+    url: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
     let mut request = reqwest::Client::new()
         .post(url)
         .header("content-type", content_type)
@@ -80,11 +85,18 @@ async fn otlp_json_mapping_is_accepted_and_answered_in_json() {
     }
     assert!(server.stop().success());
     let rows = query(&data_dir, "SELECT * FROM raw_spans");
-    assert_eq!(rows.len(), 2, "both deliveries are stored (client retries are deduplicated at query time)");
+    assert_eq!(
+        rows.len(),
+        2,
+        "both deliveries are stored (client retries are deduplicated at query time)"
+    );
     let row = &rows[0];
     assert_eq!(row["trace_id"], "5b8efff798038103d269b633813fc60c");
     assert_eq!(row["span_id"], "eee19b7ec3c1b174");
-    assert!(row.get("parent_span_id").is_none_or(Value::is_null), "{row}");
+    assert!(
+        row.get("parent_span_id").is_none_or(Value::is_null),
+        "{row}"
+    );
     assert_eq!(row["kind"], "client");
     assert_eq!(row["status_code"], "error");
     assert_eq!(row["status_message"], "boom");
@@ -97,7 +109,10 @@ async fn otlp_json_mapping_is_accepted_and_answered_in_json() {
     let attributes = &row["attributes"];
     assert_eq!(attributes["flag"], "true");
     assert_eq!(attributes["ratio"], "0.5");
-    assert_eq!(serde_json::from_str::<Value>(attributes["list"].as_str().unwrap()).unwrap(), json!(["a", 2]));
+    assert_eq!(
+        serde_json::from_str::<Value>(attributes["list"].as_str().unwrap()).unwrap(),
+        json!(["a", 2])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,27 +123,58 @@ async fn http_bad_input_gets_the_otlp_status_and_a_message() {
     let url = server.http_url();
 
     // Malformed protobuf: 400 with a protobuf Status.
-    let response = post(&url, "application/x-protobuf", None, vec![0xff, 0xff, 0xff, 0x0f]).await;
+    let response = post(
+        &url,
+        "application/x-protobuf",
+        None,
+        vec![0xff, 0xff, 0xff, 0x0f],
+    )
+    .await;
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["content-type"], "application/x-protobuf");
     let status = RpcStatus::decode(response.bytes().await.unwrap()).unwrap();
     assert_eq!(status.code, 3, "INVALID_ARGUMENT");
-    assert!(status.message.contains("invalid protobuf"), "{}", status.message);
+    assert!(
+        status.message.contains("invalid protobuf"),
+        "{}",
+        status.message
+    );
 
     // Malformed JSON: 400 with a JSON Status.
-    let response = post(&url, "application/json", None, b"{\"resourceSpans\": [".to_vec()).await;
+    let response = post(
+        &url,
+        "application/json",
+        None,
+        b"{\"resourceSpans\": [".to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let status: Value = response.json().await.unwrap();
     assert_eq!(status["code"], 3);
-    assert!(status["message"].as_str().unwrap().contains("invalid OTLP/JSON"));
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid OTLP/JSON"));
 
     // A hex id that is not hex.
     let bad_id = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "eee19b7ec3c1b174"}]}]}]});
-    let response = post(&url, "application/json", None, serde_json::to_vec(&bad_id).unwrap()).await;
+    let response = post(
+        &url,
+        "application/json",
+        None,
+        serde_json::to_vec(&bad_id).unwrap(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
 
     // Garbage that claims to be gzip.
-    let response = post(&url, "application/x-protobuf", Some("gzip"), b"not gzip at all".to_vec()).await;
+    let response = post(
+        &url,
+        "application/x-protobuf",
+        Some("gzip"),
+        b"not gzip at all".to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
 
     // Unsupported content type and encoding: 415.
@@ -153,7 +199,8 @@ async fn http_bad_input_gets_the_otlp_status_and_a_message() {
     assert_eq!(response.status(), 413);
 
     // Empty request: success, nothing stored.
-    let empty = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::default();
+    let empty =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::default();
     let response = post(&url, "application/x-protobuf", None, empty.encode_to_vec()).await;
     assert_eq!(response.status(), 200);
     let answer = ExportTraceServiceResponse::decode(response.bytes().await.unwrap()).unwrap();
@@ -164,13 +211,26 @@ async fn http_bad_input_gets_the_otlp_status_and_a_message() {
     short_trace.trace_id.truncate(8);
     let mut backwards = span(2, 4, vec![]);
     backwards.end_time_unix_nano = backwards.start_time_unix_nano - 1;
-    let partial = request(vec![span(2, 1, vec![]), short_trace, span(2, 2, vec![]), backwards]);
-    let response = post(&url, "application/x-protobuf", None, partial.encode_to_vec()).await;
+    let partial = request(vec![
+        span(2, 1, vec![]),
+        short_trace,
+        span(2, 2, vec![]),
+        backwards,
+    ]);
+    let response = post(
+        &url,
+        "application/x-protobuf",
+        None,
+        partial.encode_to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let answer = ExportTraceServiceResponse::decode(response.bytes().await.unwrap()).unwrap();
     let partial_success = answer.partial_success.unwrap();
     assert_eq!(partial_success.rejected_spans, 2);
-    assert!(partial_success.error_message.contains("trace_id must be 16 bytes"));
+    assert!(partial_success
+        .error_message
+        .contains("trace_id must be 16 bytes"));
     assert!(partial_success.error_message.contains("before start"));
 
     assert!(server.stop().success());
@@ -195,7 +255,9 @@ async fn grpc_bad_input_gets_the_otlp_status_and_a_message() {
     let server = Server::start(&data_dir, &config());
     let endpoint = server.grpc_endpoint();
 
-    let status = raw_grpc::export(&endpoint, vec![0xff, 0xff, 0xff, 0x0f], false).await.unwrap_err();
+    let status = raw_grpc::export(&endpoint, vec![0xff, 0xff, 0xff, 0x0f], false)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     let big = request(vec![span(1, 1, vec![kv("blob", &"x".repeat(LIMIT))])]).encode_to_vec();
@@ -208,7 +270,9 @@ async fn grpc_bad_input_gets_the_otlp_status_and_a_message() {
     let status = raw_grpc::export(&endpoint, bomb, true).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
-    let empty = raw_grpc::export(&endpoint, Vec::new(), false).await.unwrap();
+    let empty = raw_grpc::export(&endpoint, Vec::new(), false)
+        .await
+        .unwrap();
     assert!(empty.partial_success.is_none());
 
     let mut zero_span = span(3, 0, vec![]);
@@ -217,7 +281,9 @@ async fn grpc_bad_input_gets_the_otlp_status_and_a_message() {
     let answer = raw_grpc::export(&endpoint, partial, true).await.unwrap();
     let partial_success = answer.partial_success.unwrap();
     assert_eq!(partial_success.rejected_spans, 1);
-    assert!(partial_success.error_message.contains("span_id is all zeros"));
+    assert!(partial_success
+        .error_message
+        .contains("span_id is all zeros"));
 
     assert!(server.stop().success());
     let ids: Vec<Value> = query(&data_dir, "SELECT span_id FROM raw_spans")
@@ -240,12 +306,18 @@ async fn overload_is_answered_with_the_retryable_status_and_nothing_is_lost() {
         "[ingest]\nmemory_limit_bytes = 1\nretry_after_seconds = 3\n[wal]\nflush_interval_ms = 3600000\n",
     );
     let first = request(vec![span(9, 1, vec![])]).encode_to_vec();
-    raw_grpc::export(&server.grpc_endpoint(), first, false).await.unwrap();
+    raw_grpc::export(&server.grpc_endpoint(), first, false)
+        .await
+        .unwrap();
 
     let second = request(vec![span(9, 2, vec![])]).encode_to_vec();
-    let status = raw_grpc::export(&server.grpc_endpoint(), second.clone(), false).await.unwrap_err();
+    let status = raw_grpc::export(&server.grpc_endpoint(), second.clone(), false)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let retry = status.get_details_retry_info().expect("RetryInfo on overload");
+    let retry = status
+        .get_details_retry_info()
+        .expect("RetryInfo on overload");
     assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(3)));
 
     let response = post(&server.http_url(), "application/x-protobuf", None, second).await;

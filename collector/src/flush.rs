@@ -83,7 +83,10 @@ impl Flusher {
         let mut batches: Vec<RecordBatch> = Vec::with_capacity(records.len());
         for record in &records {
             for batch in decode_batches(record).map_err(|e| {
-                format!("segment {}: undecodable record: {e}", segment.path.display())
+                format!(
+                    "segment {}: undecodable record: {e}",
+                    segment.path.display()
+                )
             })? {
                 batches.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);
             }

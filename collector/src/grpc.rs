@@ -52,7 +52,9 @@ pub(crate) fn otlp_status_codes<B>(
         .map(|m| m.replace("%20", " "))
         .unwrap_or_default();
     let replacement = match code {
-        Some(11) if message.contains("message length too large") => Some(tonic::Code::ResourceExhausted),
+        Some(11) if message.contains("message length too large") => {
+            Some(tonic::Code::ResourceExhausted)
+        }
         Some(13) if message.contains("failed to decode Protobuf message") => {
             Some(tonic::Code::InvalidArgument)
         }
@@ -64,10 +66,9 @@ pub(crate) fn otlp_status_codes<B>(
             tonic::Code::ResourceExhausted => CollectorMetrics::add(&metrics.requests_too_large, 1),
             _ => CollectorMetrics::add(&metrics.requests_malformed, 1),
         }
-        response.headers_mut().insert(
-            "grpc-status",
-            http::HeaderValue::from(code as i32),
-        );
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from(code as i32));
     }
     response
 }

@@ -130,7 +130,9 @@ async fn decode(
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 IngestError::TooLarge { limit }
             } else {
                 IngestError::Malformed(format!("reading the request body: {e}"))
@@ -221,11 +223,20 @@ mod tests {
     #[test]
     fn content_types() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert_eq!(request_encoding(&headers).unwrap(), Encoding::Json);
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
         assert_eq!(request_encoding(&headers).unwrap(), Encoding::Protobuf);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(matches!(request_encoding(&headers), Err(IngestError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            request_encoding(&headers),
+            Err(IngestError::UnsupportedMediaType(_))
+        ));
     }
 }

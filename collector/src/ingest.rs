@@ -33,7 +33,7 @@ impl ExportOutcome {
     /// specification asks.
     pub fn into_response(self) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
-            partial_success: (self.rejected_spans > 0).then(|| ExportTracePartialSuccess {
+            partial_success: (self.rejected_spans > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: self.rejected_spans as i64,
                 error_message: self.error_message,
             }),

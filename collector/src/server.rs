@@ -72,26 +72,22 @@ impl std::fmt::Debug for Collector {
 /// transactions, so it must survive restarts.
 fn collector_id(data_dir: &Path) -> Result<String, CollectorError> {
     let path = data_dir.join("collector.id");
+    let io = |context: String| move |source| CollectorError::Io { context, source };
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        Ok(_) | Err(_) if !path.exists() || std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(true) => {
-            let id = uuid::Uuid::new_v4().to_string();
-            let tmp = data_dir.join("collector.id.tmp");
-            std::fs::write(&tmp, &id)
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|source| CollectorError::Io {
-                    context: format!("writing {}", path.display()),
-                    source,
-                })?;
-            Ok(id)
-        }
-        Err(source) => Err(CollectorError::Io {
-            context: format!("reading {}", path.display()),
-            source,
-        }),
-        Ok(_) => unreachable!("handled above"),
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        // Empty: never written (it is written by rename, so this is a foreign file). A new id
+        // is safe: no commit can carry an id that was never stored.
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(io(format!("reading {}", path.display()))(source)),
     }
+    let id = uuid::Uuid::new_v4().to_string();
+    let tmp = data_dir.join("collector.id.tmp");
+    std::fs::write(&tmp, &id)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(io(format!("writing {}", path.display())))?;
+    Ok(id)
 }
 
 impl Collector {
@@ -114,7 +110,8 @@ impl Collector {
         let mut tables = Vec::new();
         let mut committed: Option<i64> = None;
         for tier in &settings.tiers {
-            let mut table = SpanTable::open_or_create(&settings.data_dir, *tier, &settings.lake).await?;
+            let mut table =
+                SpanTable::open_or_create(&settings.data_dir, *tier, &settings.lake).await?;
             let version = table.committed_transaction(&app_id).await?;
             committed = committed.max(version);
             tables.push(table);
@@ -136,7 +133,10 @@ impl Collector {
             metrics.clone(),
         )?;
         if recovered_segments > 0 {
-            tracing::info!(recovered_segments, "replaying WAL segments left by the previous run");
+            tracing::info!(
+                recovered_segments,
+                "replaying WAL segments left by the previous run"
+            );
         }
 
         let shutting_down = Arc::new(AtomicBool::new(false));

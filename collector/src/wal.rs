@@ -432,10 +432,13 @@ impl Writer {
         }
         let result = self.open_segment().and_then(|segment| {
             let before = segment.bytes;
-            let written = segment
-                .file
-                .write_all(&buffer)
-                .and_then(|()| if fsync { segment.file.sync_data() } else { Ok(()) });
+            let written = segment.file.write_all(&buffer).and_then(|()| {
+                if fsync {
+                    segment.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
             match written {
                 Ok(()) => {
                     segment.bytes += buffer.len() as u64;
@@ -473,7 +476,9 @@ impl Writer {
                 tracing::error!(%error, "WAL write failed; the exports are refused as retryable");
                 let message = error.to_string();
                 for append in group {
-                    let _ = append.done.send(Err(WalError::WriteFailed(message.clone())));
+                    let _ = append
+                        .done
+                        .send(Err(WalError::WriteFailed(message.clone())));
                 }
                 self.seal();
             }

@@ -14,7 +14,7 @@ pub enum LakeError {
         context: &'static str,
         /// The underlying error.
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// A batch could not be sorted or split (a bug if it ever happens: batches are built by
     /// the processor in the table's schema).
@@ -39,4 +39,18 @@ pub enum LakeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl LakeError {
+    /// A `map_err` adapter for Delta errors of `tier` while doing `context`.
+    pub(crate) fn delta(
+        tier: Tier,
+        context: &'static str,
+    ) -> impl FnOnce(deltalake::DeltaTableError) -> LakeError {
+        move |source| LakeError::Delta {
+            tier,
+            context,
+            source: Box::new(source),
+        }
+    }
 }

@@ -20,5 +20,5 @@ mod span_table;
 
 pub use error::LakeError;
 pub use span_table::{
-    sort_for_lake, table_path, writer_properties, AppendOutcome, SpanTable, LakeConfig,
+    sort_for_lake, table_path, writer_properties, AppendOutcome, LakeConfig, SpanTable,
 };

@@ -100,14 +100,19 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
 /// Concatenates batches of the span table and sorts the rows by partition, then
 /// (`run_id`, `start_time`): the order in which they are written, so that each file is sorted
 /// by run.
-pub fn sort_for_lake(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+pub fn sort_for_lake(
+    batches: &[RecordBatch],
+) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     if batches.is_empty() {
         return Ok(None);
     }
     let batch = concat_batches(&batches[0].schema(), batches.iter().copied())?;
     let key = |name: &str| SortColumn {
-        values: batch.column_by_name(name).expect("span table column").clone(),
+        values: batch
+            .column_by_name(name)
+            .expect("span table column")
+            .clone(),
         options: None,
     };
     let indices = lexsort_to_indices(
@@ -178,7 +183,7 @@ impl SpanTable {
             path: absolute.display().to_string(),
             reason: "not an absolute directory path".into(),
         })?;
-        let delta = |context| move |source| LakeError::Delta { tier, context, source };
+        let delta = |context| LakeError::delta(tier, context);
         // A table without a log is created without trying to load it first (which only
         // logs a loud "no files in log segment").
         let has_log = std::fs::read_dir(absolute.join("_delta_log"))
@@ -194,14 +199,15 @@ impl SpanTable {
                 .map_err(delta("opening the table"))?
         };
         if table.version().is_none() {
-            let schema: StructType = span_table_schema()
-                .as_ref()
-                .try_into_kernel()
-                .map_err(|e| LakeError::Delta {
-                    tier,
-                    context: "converting the span-table schema",
-                    source: e.into(),
-                })?;
+            let schema: StructType =
+                span_table_schema()
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e| LakeError::Delta {
+                        tier,
+                        context: "converting the span-table schema",
+                        source: Box::new(e.into()),
+                    })?;
             table = table
                 .create()
                 .with_columns(schema.fields().cloned())
@@ -246,26 +252,14 @@ impl SpanTable {
         self.table
             .update_state()
             .await
-            .map_err(|source| LakeError::Delta {
-                tier,
-                context: "refreshing the table",
-                source,
-            })?;
+            .map_err(LakeError::delta(tier, "refreshing the table"))?;
         let log_store = self.table.log_store();
         self.table
             .snapshot()
-            .map_err(|source| LakeError::Delta {
-                tier,
-                context: "reading the snapshot",
-                source,
-            })?
+            .map_err(LakeError::delta(tier, "reading the snapshot"))?
             .transaction_version(log_store.as_ref(), app_id)
             .await
-            .map_err(|source| LakeError::Delta {
-                tier,
-                context: "reading application transactions",
-                source,
-            })
+            .map_err(LakeError::delta(tier, "reading application transactions"))
     }
 
     /// Appends `batch` (already sorted by [`sort_for_lake`]) in one atomic commit carrying the
@@ -289,7 +283,7 @@ impl SpanTable {
             return Ok(AppendOutcome::Empty);
         };
         let tier = self.tier;
-        let delta = |context| move |source| LakeError::Delta { tier, context, source };
+        let delta = |context| LakeError::delta(tier, context);
         let mut writer = RecordBatchWriter::for_table(&self.table)
             .map_err(delta("opening a writer"))?
             .with_writer_properties(self.properties.clone())

@@ -47,12 +47,9 @@ pub(crate) fn to_json(value: Option<&Value>) -> Json {
         Some(Value::BytesValue(b)) => {
             Json::String(base64::engine::general_purpose::STANDARD.encode(b))
         }
-        Some(Value::ArrayValue(a)) => Json::Array(
-            a.values
-                .iter()
-                .map(|v| to_json(v.value.as_ref()))
-                .collect(),
-        ),
+        Some(Value::ArrayValue(a)) => {
+            Json::Array(a.values.iter().map(|v| to_json(v.value.as_ref())).collect())
+        }
         Some(Value::KvlistValue(kv)) => attributes_to_json(&kv.values),
     }
 }
@@ -113,12 +110,19 @@ mod tests {
             values: vec![
                 KeyValue {
                     key: "n".into(),
-                    value: Some(any(Value::IntValue(7))), ..Default::default() },
+                    value: Some(any(Value::IntValue(7))),
+                    ..Default::default()
+                },
                 KeyValue {
                     key: "list".into(),
                     value: Some(any(Value::ArrayValue(ArrayValue {
-                        values: vec![any(Value::StringValue("a".into())), any(Value::BoolValue(false))],
-                    }))), ..Default::default() },
+                        values: vec![
+                            any(Value::StringValue("a".into())),
+                            any(Value::BoolValue(false)),
+                        ],
+                    }))),
+                    ..Default::default()
+                },
             ],
         });
         let s = string_of(nested);
@@ -128,7 +132,10 @@ mod tests {
 
     #[test]
     fn integers_are_read_from_strings_and_doubles() {
-        assert_eq!(as_i64(Some(&any(Value::StringValue(" 12 ".into())))), Some(12));
+        assert_eq!(
+            as_i64(Some(&any(Value::StringValue(" 12 ".into())))),
+            Some(12)
+        );
         assert_eq!(as_i64(Some(&any(Value::DoubleValue(3.0)))), Some(3));
         assert_eq!(as_i64(Some(&any(Value::BoolValue(true)))), None);
         assert_eq!(as_i64(None), None);

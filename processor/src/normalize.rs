@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use globset::{GlobSet, GlobSetBuilder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -249,11 +249,13 @@ impl Normalizer {
         if is_root {
             c.parent_span_id.append_null();
         } else {
-            c.parent_span_id.append_value(hex::encode(&span.parent_span_id));
+            c.parent_span_id
+                .append_value(hex::encode(&span.parent_span_id));
         }
         let start_us = (span.start_time_unix_nano / 1_000) as i64;
         c.start_time.append_value(start_us);
-        c.end_time.append_value((span.end_time_unix_nano / 1_000) as i64);
+        c.end_time
+            .append_value((span.end_time_unix_nano / 1_000) as i64);
         c.duration_ns
             .append_value((span.end_time_unix_nano - span.start_time_unix_nano) as i64);
         c.name.append_value(&span.name);
@@ -264,11 +266,12 @@ impl Normalizer {
             .map(|s| s.code)
             .unwrap_or(StatusCode::Unset as i32);
         let is_error = status_code == StatusCode::Error as i32;
-        c.status_code.append_value(match StatusCode::try_from(status_code) {
-            Ok(StatusCode::Ok) => "ok",
-            Ok(StatusCode::Error) => "error",
-            _ => "unset",
-        });
+        c.status_code
+            .append_value(match StatusCode::try_from(status_code) {
+                Ok(StatusCode::Ok) => "ok",
+                Ok(StatusCode::Error) => "error",
+                _ => "unset",
+            });
         match span.status.as_ref().map(|s| s.message.as_str()) {
             Some(m) if !m.is_empty() => c.status_message.append_value(m),
             _ => c.status_message.append_null(),
@@ -299,7 +302,11 @@ impl Normalizer {
             None if is_root => c.workflow.append_value(&span.name),
             None => c.workflow.append_null(),
         }
-        append_any_str(&mut c.customer_id, get(Slot::CustomerId), &mut scratch.value);
+        append_any_str(
+            &mut c.customer_id,
+            get(Slot::CustomerId),
+            &mut scratch.value,
+        );
         append_any_str(
             &mut c.conversation_id,
             get(Slot::ConversationId),
@@ -315,8 +322,16 @@ impl Normalizer {
             None => c.operation.append_null(),
         }
         append_any_str(&mut c.provider, get(Slot::Provider), &mut scratch.value);
-        append_any_str(&mut c.request_model, get(Slot::RequestModel), &mut scratch.value);
-        append_any_str(&mut c.response_model, get(Slot::ResponseModel), &mut scratch.value);
+        append_any_str(
+            &mut c.request_model,
+            get(Slot::RequestModel),
+            &mut scratch.value,
+        );
+        append_any_str(
+            &mut c.response_model,
+            get(Slot::ResponseModel),
+            &mut scratch.value,
+        );
         let tool_name = get(Slot::ToolName).map(|v| {
             let mut s = String::new();
             write_string(Some(v), &mut s);
@@ -326,7 +341,11 @@ impl Normalizer {
             Some(t) => c.tool_name.append_value(t),
             None => c.tool_name.append_null(),
         }
-        append_any_str(&mut c.tool_call_id, get(Slot::ToolCallId), &mut scratch.value);
+        append_any_str(
+            &mut c.tool_call_id,
+            get(Slot::ToolCallId),
+            &mut scratch.value,
+        );
         match get(Slot::SideEffect) {
             Some(v) => {
                 scratch.value.clear();
@@ -337,13 +356,15 @@ impl Normalizer {
             None => match &tool_name {
                 Some(t) if self.write_tools.is_match(t) => c.side_effect.append_value("write"),
                 Some(_) => c.side_effect.append_null(),
-                None if operation.as_deref() == Some("execute_tool") => {
-                    c.side_effect.append_null()
-                }
+                None if operation.as_deref() == Some("execute_tool") => c.side_effect.append_null(),
                 None => c.side_effect.append_value("none"),
             },
         }
-        append_any_str(&mut c.external_ref, get(Slot::ActionRef), &mut scratch.value);
+        append_any_str(
+            &mut c.external_ref,
+            get(Slot::ActionRef),
+            &mut scratch.value,
+        );
         c.retry_attempt.append_option(
             as_i64(get(Slot::RetryAttempt)).map(|v| v.clamp(0, i32::MAX as i64) as i32),
         );
@@ -354,11 +375,14 @@ impl Normalizer {
                 scratch.value.make_ascii_lowercase();
                 c.outcome.append_value(&scratch.value);
             }
-            None if is_root => c.outcome.append_value(if is_error { "failure" } else { "success" }),
+            None if is_root => c
+                .outcome
+                .append_value(if is_error { "failure" } else { "success" }),
             None => c.outcome.append_null(),
         }
         c.input_tokens.append_option(as_i64(get(Slot::InputTokens)));
-        c.output_tokens.append_option(as_i64(get(Slot::OutputTokens)));
+        c.output_tokens
+            .append_option(as_i64(get(Slot::OutputTokens)));
         c.cache_read_tokens
             .append_option(as_i64(get(Slot::CacheReadTokens)));
         c.cache_write_tokens
@@ -422,7 +446,10 @@ fn validate(span: &Span) -> Result<(), String> {
         return Err("trace_id is all zeros".into());
     }
     if span.span_id.len() != 8 {
-        return Err(format!("span_id must be 8 bytes, got {}", span.span_id.len()));
+        return Err(format!(
+            "span_id must be 8 bytes, got {}",
+            span.span_id.len()
+        ));
     }
     if span.span_id.iter().all(|b| *b == 0) {
         return Err("span_id is all zeros".into());
@@ -623,7 +650,8 @@ impl Columns {
     }
 
     fn scope(&mut self, name: Option<&str>, version: Option<&str>) {
-        self.scope_name.append_option(name.filter(|s| !s.is_empty()));
+        self.scope_name
+            .append_option(name.filter(|s| !s.is_empty()));
         self.scope_version
             .append_option(version.filter(|s| !s.is_empty()));
     }

@@ -62,18 +62,68 @@ const fn tool(name: &'static str, write: bool, ref_prefix: &'static str, error_r
     }
 }
 
-const GPT_4O: Model = Model { provider: "openai", request: "gpt-4o", response: "gpt-4o-2024-08-06", reasoning: false };
-const GPT_4O_MINI: Model = Model { provider: "openai", request: "gpt-4o-mini", response: "gpt-4o-mini-2024-07-18", reasoning: false };
-const O3_MINI: Model = Model { provider: "openai", request: "o3-mini", response: "o3-mini-2025-01-31", reasoning: true };
-const SONNET: Model = Model { provider: "anthropic", request: "claude-sonnet-4-5", response: "claude-sonnet-4-5-20250929", reasoning: false };
-const HAIKU: Model = Model { provider: "anthropic", request: "claude-haiku-4-5", response: "claude-haiku-4-5-20251001", reasoning: false };
-const GEMINI_PRO: Model = Model { provider: "gcp.gemini", request: "gemini-2.5-pro", response: "gemini-2.5-pro", reasoning: true };
-const GEMINI_FLASH: Model = Model { provider: "gcp.gemini", request: "gemini-2.5-flash", response: "gemini-2.5-flash", reasoning: false };
-const MISTRAL: Model = Model { provider: "mistral_ai", request: "mistral-large-latest", response: "mistral-large-2411", reasoning: false };
-const LLAMA: Model = Model { provider: "groq", request: "llama-3.3-70b-versatile", response: "llama-3.3-70b-versatile", reasoning: false };
+const GPT_4O: Model = Model {
+    provider: "openai",
+    request: "gpt-4o",
+    response: "gpt-4o-2024-08-06",
+    reasoning: false,
+};
+const GPT_4O_MINI: Model = Model {
+    provider: "openai",
+    request: "gpt-4o-mini",
+    response: "gpt-4o-mini-2024-07-18",
+    reasoning: false,
+};
+const O3_MINI: Model = Model {
+    provider: "openai",
+    request: "o3-mini",
+    response: "o3-mini-2025-01-31",
+    reasoning: true,
+};
+const SONNET: Model = Model {
+    provider: "anthropic",
+    request: "claude-sonnet-4-5",
+    response: "claude-sonnet-4-5-20250929",
+    reasoning: false,
+};
+const HAIKU: Model = Model {
+    provider: "anthropic",
+    request: "claude-haiku-4-5",
+    response: "claude-haiku-4-5-20251001",
+    reasoning: false,
+};
+const GEMINI_PRO: Model = Model {
+    provider: "gcp.gemini",
+    request: "gemini-2.5-pro",
+    response: "gemini-2.5-pro",
+    reasoning: true,
+};
+const GEMINI_FLASH: Model = Model {
+    provider: "gcp.gemini",
+    request: "gemini-2.5-flash",
+    response: "gemini-2.5-flash",
+    reasoning: false,
+};
+const MISTRAL: Model = Model {
+    provider: "mistral_ai",
+    request: "mistral-large-latest",
+    response: "mistral-large-2411",
+    reasoning: false,
+};
+const LLAMA: Model = Model {
+    provider: "groq",
+    request: "llama-3.3-70b-versatile",
+    response: "llama-3.3-70b-versatile",
+    reasoning: false,
+};
 
 /// The workflows of the generated company.
-pub const WORKFLOWS: &[&str] = &["refunds", "support_triage", "incident_remediation", "sales_ops"];
+pub const WORKFLOWS: &[&str] = &[
+    "refunds",
+    "support_triage",
+    "incident_remediation",
+    "sales_ops",
+];
 
 const ALL_WORKFLOWS: &[Workflow] = &[
     Workflow {
@@ -98,7 +148,13 @@ const ALL_WORKFLOWS: &[Workflow] = &[
         customer_key: "customer.id",
         models: &[SONNET, HAIKU],
         tools: &[
-            Tool { name: "search_kb", write: false, ref_prefix: "", cost_usd: Some(0.002), error_rate: 0.03 },
+            Tool {
+                name: "search_kb",
+                write: false,
+                ref_prefix: "",
+                cost_usd: Some(0.002),
+                error_rate: 0.03,
+            },
             tool("classify_ticket", false, "", 0.0),
             tool("create_ticket", true, "TCK-", 0.02),
         ],
@@ -126,20 +182,46 @@ const ALL_WORKFLOWS: &[Workflow] = &[
         models: &[MISTRAL, LLAMA, GEMINI_FLASH],
         tools: &[
             tool("crm_lookup", false, "", 0.02),
-            Tool { name: "enrich_lead", write: false, ref_prefix: "", cost_usd: Some(0.01), error_rate: 0.04 },
+            Tool {
+                name: "enrich_lead",
+                write: false,
+                ref_prefix: "",
+                cost_usd: Some(0.01),
+                error_rate: 0.04,
+            },
             tool("update_crm", true, "opp-", 0.02),
             tool("send_email", true, "msg_", 0.02),
         ],
     },
 ];
 
-const FIRST_NAMES: &[&str] = &["jane", "omar", "li", "maria", "kwame", "anna", "raj", "sofia", "tom", "yuki"];
-const LAST_NAMES: &[&str] = &["doe", "haddad", "wei", "garcia", "mensah", "kowalska", "patel", "rossi", "baker", "sato"];
+const FIRST_NAMES: &[&str] = &[
+    "jane", "omar", "li", "maria", "kwame", "anna", "raj", "sofia", "tom", "yuki",
+];
+const LAST_NAMES: &[&str] = &[
+    "doe", "haddad", "wei", "garcia", "mensah", "kowalska", "patel", "rossi", "baker", "sato",
+];
 const DOMAINS: &[&str] = &["example.com", "mail.example.org", "corp.example.net"];
-const PHONES: &[&str] = &["+44 20 7946 0958", "+1 (415) 555-0132", "+49 30 901820", "+33 1 42 68 53 00", "+81 3-1234-5678", "415-555-0199"];
+const PHONES: &[&str] = &[
+    "+44 20 7946 0958",
+    "+1 (415) 555-0132",
+    "+49 30 901820",
+    "+33 1 42 68 53 00",
+    "+81 3-1234-5678",
+    "415-555-0199",
+];
 /// Test card numbers that pass the Luhn check.
-const CARDS: &[&str] = &["4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005", "6011111111111117"];
-const IBANS: &[&str] = &["GB82 WEST 1234 5698 7654 32", "DE89370400440532013000", "FR1420041010050500013M02606"];
+const CARDS: &[&str] = &[
+    "4111 1111 1111 1111",
+    "5555-5555-5555-4444",
+    "378282246310005",
+    "6011111111111117",
+];
+const IBANS: &[&str] = &[
+    "GB82 WEST 1234 5698 7654 32",
+    "DE89370400440532013000",
+    "FR1420041010050500013M02606",
+];
 
 /// How the generator spreads runs in time.
 #[derive(Debug, Clone, Copy)]
@@ -219,7 +301,10 @@ impl Generator {
         let last = *self.pick(LAST_NAMES);
         let domain = *self.pick(DOMAINS);
         let n: u32 = self.rng.random_range(1..99);
-        (format!("{first} {last}"), format!("{first}.{last}{n}@{domain}"))
+        (
+            format!("{first} {last}"),
+            format!("{first}.{last}{n}@{domain}"),
+        )
     }
 
     /// A user message with the personal data real prompts carry.
@@ -249,12 +334,16 @@ impl Generator {
 
     fn upper_alnum(&mut self, n: usize) -> String {
         const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-        (0..n).map(|_| CHARS[self.rng.random_range(0..CHARS.len())] as char).collect()
+        (0..n)
+            .map(|_| CHARS[self.rng.random_range(0..CHARS.len())] as char)
+            .collect()
     }
 
     fn token(&mut self, n: usize) -> String {
         const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        (0..n).map(|_| CHARS[self.rng.random_range(0..CHARS.len())] as char).collect()
+        (0..n)
+            .map(|_| CHARS[self.rng.random_range(0..CHARS.len())] as char)
+            .collect()
     }
 
     /// Tool arguments, with personal data and now and then a credential.
@@ -264,7 +353,11 @@ impl Generator {
         let secret = match self.rng.random_range(0..20) {
             0 => format!(", \"api_key\": \"sk-proj-{}\"", self.token(40)),
             1 => format!(", \"authorization\": \"Bearer {}\"", self.token(32)),
-            2 => format!(", \"slack_webhook_token\": \"xoxb-{}-{}\"", self.rng.random_range(100_000_000u64..999_999_999), self.token(24)),
+            2 => format!(
+                ", \"slack_webhook_token\": \"xoxb-{}-{}\"",
+                self.rng.random_range(100_000_000u64..999_999_999),
+                self.token(24)
+            ),
             _ => String::new(),
         };
         match tool.name {
@@ -279,7 +372,10 @@ impl Generator {
         let workflow = *self.pick(ALL_WORKFLOWS);
         let trace_id = self.hex_id(16);
         let run_id = format!("run-{}", hex::encode(self.hex_id(8)));
-        let customer = format!("cust-{:04}", self.rng.random_range(0..self.options.customers.max(1)));
+        let customer = format!(
+            "cust-{:04}",
+            self.rng.random_range(0..self.options.customers.max(1))
+        );
         let conversation = format!("conv-{}", hex::encode(self.hex_id(6)));
         let offset = if self.options.spread_nanos == 0 {
             0
@@ -311,7 +407,8 @@ impl Generator {
             } else {
                 0
             };
-            let cache_write: i64 = if cache_read == 0 && workflow.models[0].provider == "anthropic" {
+            let cache_write: i64 = if cache_read == 0 && workflow.models[0].provider == "anthropic"
+            {
                 input / 2
             } else {
                 0
@@ -334,7 +431,10 @@ impl Generator {
                 kv("gen_ai.response.finish_reasons", Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values: vec![AnyValue { value: Some(s("tool_call")) }] })),
             ];
             if cache_write > 0 {
-                attributes.push(kv("gen_ai.usage.cache_creation.input_tokens", i(cache_write)));
+                attributes.push(kv(
+                    "gen_ai.usage.cache_creation.input_tokens",
+                    i(cache_write),
+                ));
             }
             if model.reasoning {
                 let reasoning = output * self.rng.random_range(30..70) / 100;
@@ -358,13 +458,18 @@ impl Generator {
             let mut attempt = 0;
             loop {
                 let tool_ns = self.rng.random_range(20_000_000..2_000_000_000u64);
-                let fails = self.rng.random_bool(if runaway { 0.5 } else { tool.error_rate });
+                let fails = self
+                    .rng
+                    .random_bool(if runaway { 0.5 } else { tool.error_rate });
                 let mut attributes = vec![
                     kv("gen_ai.operation.name", s("execute_tool")),
                     kv("gen_ai.tool.name", s(tool.name)),
                     kv("gen_ai.tool.call.id", s(call_id.clone())),
                     kv("gen_ai.tool.call.arguments", s(self.tool_arguments(&tool))),
-                    kv("runledger.action.side_effect", s(if tool.write { "write" } else { "read" })),
+                    kv(
+                        "runledger.action.side_effect",
+                        s(if tool.write { "write" } else { "read" }),
+                    ),
                 ];
                 if attempt > 0 {
                     attributes.push(kv("runledger.retry.attempt", i(attempt)));
@@ -374,22 +479,39 @@ impl Generator {
                 }
                 let mut events = Vec::new();
                 let status = if fails {
-                    let error = *self.pick(&["TimeoutError", "HTTPError 503", "RateLimitError", "ValidationError"]);
+                    let error = *self.pick(&[
+                        "TimeoutError",
+                        "HTTPError 503",
+                        "RateLimitError",
+                        "ValidationError",
+                    ]);
                     attributes.push(kv("error.type", s(error)));
                     events.push(Event {
                         time_unix_nano: t + tool_ns,
                         name: "exception".into(),
-                        attributes: vec![kv("exception.type", s(error)), kv("exception.message", s(format!("{} failed: {error}", tool.name)))],
+                        attributes: vec![
+                            kv("exception.type", s(error)),
+                            kv(
+                                "exception.message",
+                                s(format!("{} failed: {error}", tool.name)),
+                            ),
+                        ],
                         ..Default::default()
                     });
-                    Some(Status { code: StatusCode::Error as i32, message: format!("{error} calling {}", tool.name) })
+                    Some(Status {
+                        code: StatusCode::Error as i32,
+                        message: format!("{error} calling {}", tool.name),
+                    })
                 } else {
                     if tool.write && !tool.ref_prefix.is_empty() {
                         let reference = format!("{}{}", tool.ref_prefix, self.token(10));
                         attributes.push(kv("runledger.action.ref", s(reference)));
                     }
                     attributes.push(kv("gen_ai.tool.call.result", s("{\"ok\": true}")));
-                    Some(Status { code: StatusCode::Ok as i32, message: String::new() })
+                    Some(Status {
+                        code: StatusCode::Ok as i32,
+                        message: String::new(),
+                    })
                 };
                 common(&mut attributes);
                 spans.push(Span {
@@ -422,7 +544,10 @@ impl Generator {
             let review_ns = self.rng.random_range(60..900) * 1_000_000_000u64;
             let mut attributes = vec![
                 kv("gen_ai.operation.name", s("human_review")),
-                kv("runledger.review.seconds", Value::DoubleValue((review_ns / 1_000_000_000) as f64)),
+                kv(
+                    "runledger.review.seconds",
+                    Value::DoubleValue((review_ns / 1_000_000_000) as f64),
+                ),
             ];
             common(&mut attributes);
             spans.push(Span {
@@ -470,7 +595,11 @@ impl Generator {
             end_time_unix_nano: t + 2_000_000,
             attributes,
             status: Some(Status {
-                code: if outcome == "failure" { StatusCode::Error } else { StatusCode::Ok } as i32,
+                code: if outcome == "failure" {
+                    StatusCode::Error
+                } else {
+                    StatusCode::Ok
+                } as i32,
                 message: String::new(),
             }),
             ..Default::default()
@@ -550,14 +679,28 @@ mod tests {
         let mut generator = Generator::new(options(1));
         let runs: Vec<GeneratedRun> = (0..2000).map(|_| generator.next_run()).collect();
         let spans: Vec<&Span> = runs.iter().flat_map(|r| &r.spans).collect();
-        let has = |key: &str| spans.iter().filter(|s| s.attributes.iter().any(|a| a.key == key)).count();
+        let has = |key: &str| {
+            spans
+                .iter()
+                .filter(|s| s.attributes.iter().any(|a| a.key == key))
+                .count()
+        };
         assert!(has("runledger.retry.attempt") > 0, "retries");
         assert!(has("runledger.action.ref") > 0, "external refs");
-        assert!(has("gen_ai.usage.reasoning.output_tokens") > 0, "reasoning tokens");
-        assert!(has("gen_ai.usage.cache_read.input_tokens") > 0, "cached tokens");
+        assert!(
+            has("gen_ai.usage.reasoning.output_tokens") > 0,
+            "reasoning tokens"
+        );
+        assert!(
+            has("gen_ai.usage.cache_read.input_tokens") > 0,
+            "cached tokens"
+        );
         assert!(has("runledger.review.seconds") > 0, "human review");
         assert!(has("runledger.cost.usd") > 0, "paid tools");
-        assert!(spans.iter().any(|s| s.status.as_ref().is_some_and(|st| st.code == StatusCode::Error as i32)));
+        assert!(spans.iter().any(|s| s
+            .status
+            .as_ref()
+            .is_some_and(|st| st.code == StatusCode::Error as i32)));
         for workflow in WORKFLOWS {
             assert!(runs.iter().any(|r| r.workflow == *workflow), "{workflow}");
         }

@@ -136,7 +136,13 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
             }
             let (request, spans) = generator.next_request(runs as usize);
             if tx
-                .blocking_send((Work { request, spans: spans as u64 }, runs))
+                .blocking_send((
+                    Work {
+                        request,
+                        spans: spans as u64,
+                    },
+                    runs,
+                ))
                 .is_err()
             {
                 return;
@@ -183,7 +189,9 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
                     match client.export(&work.request).await {
                         Outcome::Acked { accepted, rejected } => {
                             counters.spans_acked.fetch_add(accepted, Ordering::Relaxed);
-                            counters.spans_rejected.fetch_add(rejected, Ordering::Relaxed);
+                            counters
+                                .spans_rejected
+                                .fetch_add(rejected, Ordering::Relaxed);
                             break;
                         }
                         Outcome::Retry(delay) if attempt < max_retries => {
@@ -192,12 +200,19 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
                             tokio::time::sleep(delay).await;
                         }
                         Outcome::Retry(_) => {
-                            counters.spans_failed.fetch_add(work.spans, Ordering::Relaxed);
-                            first_error.lock().unwrap().get_or_insert_with(|| "still overloaded after all retries".into());
+                            counters
+                                .spans_failed
+                                .fetch_add(work.spans, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(|| "still overloaded after all retries".into());
                             break;
                         }
                         Outcome::Failed(error) => {
-                            counters.spans_failed.fetch_add(work.spans, Ordering::Relaxed);
+                            counters
+                                .spans_failed
+                                .fetch_add(work.spans, Ordering::Relaxed);
                             first_error.lock().unwrap().get_or_insert(error);
                             break;
                         }
@@ -301,7 +316,9 @@ impl Client {
                         .unwrap_or(Duration::from_secs(1));
                     Outcome::Retry(delay)
                 }
-                Err(status) => Outcome::Failed(format!("{:?}: {}", status.code(), status.message())),
+                Err(status) => {
+                    Outcome::Failed(format!("{:?}: {}", status.code(), status.message()))
+                }
             },
             Client::Http { client, url, gzip } => {
                 let mut body = request.encode_to_vec();
@@ -318,15 +335,17 @@ impl Client {
                 }
                 match builder.body(body).send().await {
                     Ok(response) if response.status().is_success() => {
-                        match response.bytes().await.map(|b| ExportTraceServiceResponse::decode(b)) {
+                        match response
+                            .bytes()
+                            .await
+                            .map(ExportTraceServiceResponse::decode)
+                        {
                             Ok(Ok(decoded)) => acked(spans, decoded),
                             Ok(Err(e)) => Outcome::Failed(format!("undecodable response: {e}")),
                             Err(e) => Outcome::Failed(e.to_string()),
                         }
                     }
-                    Ok(response)
-                        if response.status() == 503 || response.status() == 429 =>
-                    {
+                    Ok(response) if response.status() == 503 || response.status() == 429 => {
                         let delay = response
                             .headers()
                             .get("retry-after")

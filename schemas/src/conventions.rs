@@ -61,7 +61,8 @@ pub const REASONING_TOKENS: &[&str] = &[
     "gen_ai.usage.reasoning_tokens",
 ];
 /// An explicit cost in USD, which wins over the price table.
-pub const EXPLICIT_COST_USD: &[&str] = &["gen_ai.usage.cost", "llm.cost.total", "runledger.cost.usd"];
+pub const EXPLICIT_COST_USD: &[&str] =
+    &["gen_ai.usage.cost", "llm.cost.total", "runledger.cost.usd"];
 /// `agent_name` (falls back to `service.name`).
 pub const AGENT_NAME: &[&str] = &["gen_ai.agent.name", "agent.name"];
 /// `agent_id`.

@@ -192,7 +192,9 @@ pub fn query(data_dir: &Path, sql: &str) -> Vec<serde_json::Value> {
     .unwrap()
 }
 
-fn arrow_json_rows(batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Vec<serde_json::Value> {
+fn arrow_json_rows(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+) -> Vec<serde_json::Value> {
     let mut buf = Vec::new();
     {
         let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut buf);

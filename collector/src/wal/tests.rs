@@ -68,7 +68,11 @@ async fn concurrent_appends_share_fsyncs_and_survive_reopen() {
     values.sort();
     assert_eq!(values, (0..200).collect::<Vec<_>>());
     drop(segment);
-    assert_eq!(budget.used(), 0, "reservations are released with the segment");
+    assert_eq!(
+        budget.used(),
+        0,
+        "reservations are released with the segment"
+    );
 }
 
 #[tokio::test]
@@ -77,7 +81,9 @@ async fn a_torn_tail_is_cut_and_the_rest_recovered_in_order() {
     {
         let (wal, _, mut sealed, _, budget) = open(dir.path(), Duration::from_secs(3600), 5);
         for i in 0..3u8 {
-            wal.append(vec![i; 100], budget.force_reserve(100)).await.unwrap();
+            wal.append(vec![i; 100], budget.force_reserve(100))
+                .await
+                .unwrap();
         }
         wal.close();
         let segment = sealed.recv().await.unwrap();
@@ -97,7 +103,10 @@ async fn a_torn_tail_is_cut_and_the_rest_recovered_in_order() {
     let segment = sealed.recv().await.unwrap();
     assert_eq!(segment.seq, 5);
     let (payloads, valid) = read_segment(&segment.path).unwrap();
-    assert_eq!(payloads, vec![vec![0u8; 100], vec![1u8; 100], vec![2u8; 100]]);
+    assert_eq!(
+        payloads,
+        vec![vec![0u8; 100], vec![1u8; 100], vec![2u8; 100]]
+    );
     assert_eq!(std::fs::metadata(&segment.path).unwrap().len(), valid);
     assert!(!dir.path().join(format!("{:020}.wal", 6)).exists());
     drop(wal);
@@ -107,14 +116,18 @@ async fn a_torn_tail_is_cut_and_the_rest_recovered_in_order() {
 async fn a_segment_is_sealed_by_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, mut sealed, _, budget) = open(dir.path(), Duration::from_millis(50), 0);
-    wal.append(b"x".to_vec(), budget.force_reserve(1)).await.unwrap();
+    wal.append(b"x".to_vec(), budget.force_reserve(1))
+        .await
+        .unwrap();
     // The writer seals on its own: waiting for the channel is the synchronisation.
     let segment = tokio::time::timeout(Duration::from_secs(10), sealed.recv())
         .await
         .expect("sealed within the flush interval")
         .unwrap();
     assert_eq!(segment.seq, 0);
-    wal.append(b"y".to_vec(), budget.force_reserve(1)).await.unwrap();
+    wal.append(b"y".to_vec(), budget.force_reserve(1))
+        .await
+        .unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), sealed.recv())
         .await
         .unwrap()

@@ -25,7 +25,9 @@ fn batch(n: usize, runs: usize) -> RecordBatch {
                     key: "runledger.run.id".into(),
                     value: Some(AnyValue {
                         value: Some(Value::StringValue(format!("run-{run:04}"))),
-                    }), ..Default::default() }],
+                    }),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }
         })
@@ -68,7 +70,10 @@ async fn appends_are_idempotent_per_application_transaction() {
         .unwrap();
     let sorted = sort_for_lake(&[batch(100, 7)]).unwrap().unwrap();
     let first = table.append(Some(&sorted), "collector-a", 1).await.unwrap();
-    assert!(matches!(first, AppendOutcome::Committed { rows: 100, .. }), "{first:?}");
+    assert!(
+        matches!(first, AppendOutcome::Committed { rows: 100, .. }),
+        "{first:?}"
+    );
     // The same transaction again, as a replay after a crash would: nothing is written.
     let replay = table.append(Some(&sorted), "collector-a", 1).await.unwrap();
     assert_eq!(replay, AppendOutcome::AlreadyCommitted);
@@ -80,24 +85,43 @@ async fn appends_are_idempotent_per_application_transaction() {
     let mut reopened = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
         .await
         .unwrap();
-    assert_eq!(reopened.committed_transaction("collector-a").await.unwrap(), Some(1));
-    assert_eq!(reopened.committed_transaction("nobody").await.unwrap(), None);
+    assert_eq!(
+        reopened.committed_transaction("collector-a").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        reopened.committed_transaction("nobody").await.unwrap(),
+        None
+    );
 
     let files = parquet_files(&table_path(dir.path(), Tier::Raw));
     // Two hours, two commits: four files, under hive-style partition directories.
     assert_eq!(files.len(), 4, "{files:?}");
     let mut rows = 0;
     for file in &files {
-        let rel = file.strip_prefix(table_path(dir.path(), Tier::Raw)).unwrap();
+        let rel = file
+            .strip_prefix(table_path(dir.path(), Tier::Raw))
+            .unwrap();
         let rel = rel.to_string_lossy();
         assert!(rel.starts_with("date=2023-11-14/hour=2"), "{rel}");
         let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
         let meta = reader.metadata();
         rows += meta.file_metadata().num_rows();
         let columns = meta.row_group(0).columns();
-        let find = |name: &str| columns.iter().find(|c| c.column_path().string() == name).unwrap();
-        assert!(find("run_id").bloom_filter_offset().is_some(), "bloom filter on run_id");
-        assert!(find("trace_id").bloom_filter_offset().is_some(), "bloom filter on trace_id");
+        let find = |name: &str| {
+            columns
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap()
+        };
+        assert!(
+            find("run_id").bloom_filter_offset().is_some(),
+            "bloom filter on run_id"
+        );
+        assert!(
+            find("trace_id").bloom_filter_offset().is_some(),
+            "bloom filter on trace_id"
+        );
         assert!(matches!(find("run_id").compression(), Compression::ZSTD(_)));
         assert!(find("run_id").statistics().is_some());
     }
@@ -106,7 +130,9 @@ async fn appends_are_idempotent_per_application_transaction() {
 
 #[test]
 fn rows_are_sorted_by_partition_then_run_then_start() {
-    let sorted = sort_for_lake(&[batch(50, 5), batch(30, 3)]).unwrap().unwrap();
+    let sorted = sort_for_lake(&[batch(50, 5), batch(30, 3)])
+        .unwrap()
+        .unwrap();
     assert_eq!(sorted.num_rows(), 80);
     let hour = sorted.column_by_name("hour").unwrap().as_string::<i32>();
     let run = sorted.column_by_name("run_id").unwrap().as_string::<i32>();
@@ -134,6 +160,11 @@ async fn the_table_schema_is_the_span_table_schema() {
     let actual = writer.arrow_schema();
     for field in expected.fields() {
         let got = actual.field_with_name(field.name()).unwrap();
-        assert_eq!(got.data_type(), field.data_type(), "column {}", field.name());
+        assert_eq!(
+            got.data_type(),
+            field.data_type(),
+            "column {}",
+            field.name()
+        );
     }
 }

@@ -88,7 +88,10 @@ fn genai_keys_win_over_fallbacks_whatever_their_order() {
                 kv("gen_ai.provider.name", s("anthropic")),
                 kv("llm.model_name", s("m-openinference")),
                 kv("gen_ai.response.model", s("m-response")),
-                kv("gen_ai.usage.cache_creation_input_tokens", Value::IntValue(3)),
+                kv(
+                    "gen_ai.usage.cache_creation_input_tokens",
+                    Value::IntValue(3),
+                ),
                 kv("gen_ai.usage.cache_read.input_tokens", Value::IntValue(40)),
                 kv("gen_ai.usage.reasoning_tokens", Value::IntValue(2)),
             ],
@@ -102,8 +105,14 @@ fn genai_keys_win_over_fallbacks_whatever_their_order() {
     assert_eq!(i64_col(&b, "cache_write_tokens", 0), Some(3));
     assert_eq!(i64_col(&b, "reasoning_tokens", 0), Some(2));
     assert_eq!(str_col(&b, "provider", 0).as_deref(), Some("anthropic"));
-    assert_eq!(str_col(&b, "request_model", 0).as_deref(), Some("m-openinference"));
-    assert_eq!(str_col(&b, "response_model", 0).as_deref(), Some("m-response"));
+    assert_eq!(
+        str_col(&b, "request_model", 0).as_deref(),
+        Some("m-openinference")
+    );
+    assert_eq!(
+        str_col(&b, "response_model", 0).as_deref(),
+        Some("m-response")
+    );
     assert_eq!(str_col(&b, "agent_name", 0).as_deref(), Some("svc"));
     // The raw attributes are kept too.
     let attrs = b.column_by_name("attributes").unwrap().as_map();
@@ -141,17 +150,39 @@ fn root_span_gives_run_workflow_and_outcome() {
 fn side_effects_retry_and_refs() {
     let spans = vec![
         span(1, None, vec![]),
-        span(2, Some(1), vec![kv("gen_ai.tool.name", s("issue_refund")), kv("runledger.action.ref", s("re_1"))]),
+        span(
+            2,
+            Some(1),
+            vec![
+                kv("gen_ai.tool.name", s("issue_refund")),
+                kv("runledger.action.ref", s("re_1")),
+            ],
+        ),
         span(3, Some(1), vec![kv("gen_ai.tool.name", s("lookup_order"))]),
-        span(4, Some(1), vec![kv("tool.name", s("lookup_order")), kv("runledger.action.side_effect", s("READ")), kv("runledger.retry.attempt", Value::IntValue(2))]),
+        span(
+            4,
+            Some(1),
+            vec![
+                kv("tool.name", s("lookup_order")),
+                kv("runledger.action.side_effect", s("READ")),
+                kv("runledger.retry.attempt", Value::IntValue(2)),
+            ],
+        ),
     ];
     let b = normalize(&request(vec![], spans)).batch.unwrap();
     assert_eq!(str_col(&b, "side_effect", 0).as_deref(), Some("none"));
     assert_eq!(str_col(&b, "side_effect", 1).as_deref(), Some("write"));
     assert_eq!(str_col(&b, "external_ref", 1).as_deref(), Some("re_1"));
-    assert_eq!(str_col(&b, "side_effect", 2), None, "a tool of unknown effect is null");
+    assert_eq!(
+        str_col(&b, "side_effect", 2),
+        None,
+        "a tool of unknown effect is null"
+    );
     assert_eq!(str_col(&b, "side_effect", 3).as_deref(), Some("read"));
-    let retry = b.column_by_name("retry_attempt").unwrap().as_primitive::<Int32Type>();
+    let retry = b
+        .column_by_name("retry_attempt")
+        .unwrap()
+        .as_primitive::<Int32Type>();
     assert_eq!(retry.value(3), 2);
     assert!(retry.is_null(1));
 }
@@ -165,13 +196,20 @@ fn customer_and_error_type_fallbacks() {
         attributes: vec![kv("exception.type", s("TimeoutError"))],
         ..Default::default()
     });
-    let b = normalize(&request(vec![kv("enduser.id", s("cust-resource"))], vec![failing]))
-        .batch
-        .unwrap();
+    let b = normalize(&request(
+        vec![kv("enduser.id", s("cust-resource"))],
+        vec![failing],
+    ))
+    .batch
+    .unwrap();
     // The span's own configured key wins over the resource's standard key.
     assert_eq!(str_col(&b, "customer_id", 0).as_deref(), Some("cust-9"));
-    assert_eq!(str_col(&b, "error_type", 0).as_deref(), Some("TimeoutError"));
-    let events: serde_json::Value = serde_json::from_str(&str_col(&b, "events", 0).unwrap()).unwrap();
+    assert_eq!(
+        str_col(&b, "error_type", 0).as_deref(),
+        Some("TimeoutError")
+    );
+    let events: serde_json::Value =
+        serde_json::from_str(&str_col(&b, "events", 0).unwrap()).unwrap();
     assert_eq!(events[0]["name"], "exception");
     assert_eq!(events[0]["attributes"]["exception.type"], "TimeoutError");
 }
@@ -193,15 +231,37 @@ fn invalid_spans_are_rejected_one_by_one() {
     too_late.end_time_unix_nano = u64::MAX;
     let out = normalize(&request(
         vec![],
-        vec![good, short_trace, zero_span, backwards, bad_parent, no_start, too_late],
+        vec![
+            good,
+            short_trace,
+            zero_span,
+            backwards,
+            bad_parent,
+            no_start,
+            too_late,
+        ],
     ));
     assert_eq!(out.accepted_spans, 1);
     assert_eq!(out.rejected_spans, 6);
     assert_eq!(out.batch.unwrap().num_rows(), 1);
-    for needle in ["trace_id must be 16 bytes, got 8", "span_id is all zeros", "is before", "parent_span_id", "spans[5]"] {
-        assert!(out.error_message.contains(needle), "{needle} missing from {}", out.error_message);
+    for needle in [
+        "trace_id must be 16 bytes, got 8",
+        "span_id is all zeros",
+        "is before",
+        "parent_span_id",
+        "spans[5]",
+    ] {
+        assert!(
+            out.error_message.contains(needle),
+            "{needle} missing from {}",
+            out.error_message
+        );
     }
-    assert!(out.error_message.contains("and 1 more"), "{}", out.error_message);
+    assert!(
+        out.error_message.contains("and 1 more"),
+        "{}",
+        out.error_message
+    );
 }
 
 #[test]
@@ -209,7 +269,14 @@ fn operation_names_from_other_instrumentations_map_to_genai() {
     let spans = vec![
         span(1, None, vec![kv("openinference.span.kind", s("LLM"))]),
         span(2, None, vec![kv("traceloop.span.kind", s("tool"))]),
-        span(3, None, vec![kv("gen_ai.operation.name", s("invoke_agent")), kv("openinference.span.kind", s("TOOL"))]),
+        span(
+            3,
+            None,
+            vec![
+                kv("gen_ai.operation.name", s("invoke_agent")),
+                kv("openinference.span.kind", s("TOOL")),
+            ],
+        ),
     ];
     let b = normalize(&request(vec![], spans)).batch.unwrap();
     assert_eq!(str_col(&b, "operation", 0).as_deref(), Some("chat"));

@@ -10,7 +10,7 @@ use deltalake::kernel::{StructType, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, TableProperty};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use runledger_schemas::{col, span_table_schema, Tier, PARTITION_COLUMNS};
@@ -93,6 +93,25 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
     for path in no_dictionary {
         let path = ColumnPath::new(path.into_iter().map(String::from).collect());
         builder = builder.set_column_dictionary_enabled(path, false);
+    }
+    // Times and counts change little from one row to the next once rows are sorted by run and
+    // start: delta encoding stores the small differences, not the 8-byte values.
+    for column in [
+        col::START_TIME,
+        col::END_TIME,
+        col::DURATION_NS,
+        col::RECEIVED_AT,
+        col::INPUT_TOKENS,
+        col::OUTPUT_TOKENS,
+        col::CACHE_READ_TOKENS,
+        col::CACHE_WRITE_TOKENS,
+        col::REASONING_TOKENS,
+        col::RETRY_ATTEMPT,
+    ] {
+        let path = ColumnPath::from(column);
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
     }
     builder.build()
 }

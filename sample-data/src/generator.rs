@@ -50,6 +50,8 @@ struct Workflow {
     customer_key: &'static str,
     models: &'static [Model],
     tools: &'static [Tool],
+    /// The agent's system instructions, sent with every model call.
+    instructions: &'static str,
 }
 
 const fn tool(name: &'static str, write: bool, ref_prefix: &'static str, error_rate: f64) -> Tool {
@@ -132,6 +134,7 @@ const ALL_WORKFLOWS: &[Workflow] = &[
         service: "refund-service",
         names_workflow: true,
         customer_key: "enduser.id",
+        instructions: "You are the refund agent of an online store. Decide whether an order qualifies for a refund under the policy: items reported damaged or not delivered within 30 days are refunded in full; change-of-mind returns within 14 days are refunded minus shipping. Always look up the order before acting, check the policy, and never refund more than the order total. Refunds above 500 USD need a human reviewer. After a refund, email the customer a confirmation. Be concise and never reveal internal notes.",
         models: &[GPT_4O, GPT_4O_MINI],
         tools: &[
             tool("lookup_order", false, "", 0.02),
@@ -146,6 +149,7 @@ const ALL_WORKFLOWS: &[Workflow] = &[
         service: "support-bot",
         names_workflow: true,
         customer_key: "customer.id",
+        instructions: "You are the support triage agent. Read the customer's ticket, search the knowledge base for known issues, classify the ticket by product area and severity (S1 outage, S2 degraded, S3 question), and create a ticket in the right queue with a one-paragraph summary. Escalate S1 tickets to the on-call engineer. Quote knowledge-base articles by id. Do not promise timelines.",
         models: &[SONNET, HAIKU],
         tools: &[
             Tool {
@@ -165,6 +169,7 @@ const ALL_WORKFLOWS: &[Workflow] = &[
         service: "sre-copilot",
         names_workflow: true,
         customer_key: "customer.id",
+        instructions: "You are the SRE copilot. Given an alert, query the metrics and logs of the affected service, find the most likely cause, and propose the smallest safe remediation. You may restart a service only if the runbook allows it and error rates are above the threshold for ten minutes; any configuration change goes through a pull request. Record every action with its id. Stop and escalate if two remediations fail.",
         models: &[O3_MINI, GEMINI_PRO],
         tools: &[
             tool("query_metrics", false, "", 0.05),
@@ -179,6 +184,7 @@ const ALL_WORKFLOWS: &[Workflow] = &[
         service: "sales-ops",
         names_workflow: false,
         customer_key: "customer.id",
+        instructions: "You are the sales operations agent. Keep the CRM accurate: look up the lead, enrich it with firmographic data, update the opportunity stage and next step, and send the follow-up email the account executive asked for. Never change deal amounts without an explicit instruction. Use the customer's language and keep emails under 120 words.",
         models: &[MISTRAL, LLAMA, GEMINI_FLASH],
         tools: &[
             tool("crm_lookup", false, "", 0.02),
@@ -367,6 +373,30 @@ impl Generator {
         }
     }
 
+    /// What a successful tool call returns.
+    fn tool_result(&mut self, tool: &Tool) -> String {
+        let id: u32 = self.rng.random_range(100_000..999_999);
+        match tool.name {
+            "lookup_order" => format!(
+                "{{\"order_id\": \"{id}\", \"status\": \"delivered\", \"total\": {}.{:02}, \"currency\": \"USD\", \"items\": [{{\"sku\": \"SKU-{}\", \"qty\": 1}}]}}",
+                self.rng.random_range(5..900),
+                self.rng.random_range(0..100),
+                self.rng.random_range(1000..9999)
+            ),
+            "search_kb" => format!(
+                "{{\"articles\": [{{\"id\": \"KB-{}\", \"title\": \"Export jobs fail after upgrade\", \"score\": 0.{}}}]}}",
+                self.rng.random_range(100..999),
+                self.rng.random_range(50..99)
+            ),
+            "query_metrics" | "fetch_logs" => format!(
+                "{{\"service\": \"checkout\", \"p99_ms\": {}, \"error_rate\": 0.0{}, \"window\": \"15m\"}}",
+                self.rng.random_range(200..4000),
+                self.rng.random_range(1..9)
+            ),
+            _ => format!("{{\"ok\": true, \"id\": \"{id}\"}}"),
+        }
+    }
+
     /// The next run.
     pub fn next_run(&mut self) -> GeneratedRun {
         let workflow = *self.pick(ALL_WORKFLOWS);
@@ -395,6 +425,13 @@ impl Generator {
         let mut spans = Vec::new();
         let mut t = run_start + self.rng.random_range(1_000_000..20_000_000);
         let mut failed_write = false;
+        // The conversation so far: every model call is sent the whole history, as agents do.
+        let mut history = vec![serde_json::json!({
+            "role": "user",
+            "parts": [{"type": "text", "content": self.prompt(&workflow)}],
+        })];
+        let instructions =
+            serde_json::json!([{"type": "text", "content": workflow.instructions}]).to_string();
         let common = |spans: &mut Vec<KeyValue>| {
             spans.push(kv("runledger.run.id", s(run_id.clone())));
         };
@@ -415,7 +452,6 @@ impl Generator {
             };
             let output: i64 = self.rng.random_range(40..900);
             let chat_ns = self.rng.random_range(300_000_000..4_000_000_000u64);
-            let prompt = self.prompt(&workflow);
             let tool = *self.pick(workflow.tools);
             let call_id = format!("call_{}", self.token(24));
             let mut attributes = vec![
@@ -426,7 +462,8 @@ impl Generator {
                 kv("gen_ai.usage.input_tokens", i(input)),
                 kv("gen_ai.usage.output_tokens", i(output)),
                 kv("gen_ai.usage.cache_read.input_tokens", i(cache_read)),
-                kv("gen_ai.input.messages", s(serde_json::json!([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]).to_string())),
+                kv("gen_ai.system_instructions", s(instructions.clone())),
+                kv("gen_ai.input.messages", s(serde_json::Value::Array(history.clone()).to_string())),
                 kv("gen_ai.output.messages", s(serde_json::json!([{"role": "assistant", "parts": [{"type": "tool_call", "id": call_id, "name": tool.name}], "finish_reason": "tool_call"}]).to_string())),
                 kv("gen_ai.response.finish_reasons", Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values: vec![AnyValue { value: Some(s("tool_call")) }] })),
             ];
@@ -454,8 +491,13 @@ impl Generator {
             });
             t += chat_ns + self.rng.random_range(1_000_000..30_000_000);
 
+            history.push(serde_json::json!({
+                "role": "assistant",
+                "parts": [{"type": "tool_call", "id": call_id, "name": tool.name}],
+            }));
             // Then the tool, retried after a failure.
             let mut attempt = 0;
+            let mut last_result = String::new();
             loop {
                 let tool_ns = self.rng.random_range(20_000_000..2_000_000_000u64);
                 let fails = self
@@ -507,7 +549,8 @@ impl Generator {
                         let reference = format!("{}{}", tool.ref_prefix, self.token(10));
                         attributes.push(kv("runledger.action.ref", s(reference)));
                     }
-                    attributes.push(kv("gen_ai.tool.call.result", s("{\"ok\": true}")));
+                    last_result = self.tool_result(&tool);
+                    attributes.push(kv("gen_ai.tool.call.result", s(last_result.clone())));
                     Some(Status {
                         code: StatusCode::Ok as i32,
                         message: String::new(),
@@ -536,6 +579,14 @@ impl Generator {
                     failed_write |= tool.write;
                     break;
                 }
+            }
+            history.push(serde_json::json!({
+                "role": "tool",
+                "parts": [{"type": "tool_call_response", "id": call_id, "response": last_result}],
+            }));
+            // Long loops keep the first message and the recent turns, as agents trim context.
+            if history.len() > 9 {
+                history.drain(1..history.len() - 8);
             }
         }
 

@@ -168,3 +168,37 @@ async fn the_table_schema_is_the_span_table_schema() {
         );
     }
 }
+
+#[tokio::test]
+async fn checkpoints_are_written_at_the_configured_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LakeConfig {
+        checkpoint_interval: 3,
+        ..LakeConfig::default()
+    };
+    let mut table = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
+        .await
+        .unwrap();
+    let sorted = sort_for_lake(&[batch(10, 2)]).unwrap().unwrap();
+    for seq in 1..=4 {
+        table.append(Some(&sorted), "c", seq).await.unwrap();
+    }
+    let log = table_path(dir.path(), Tier::Raw).join("_delta_log");
+    assert!(
+        log.join("_last_checkpoint").exists(),
+        "a checkpoint within 3 commits"
+    );
+    let names: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains(".checkpoint.")),
+        "{names:?}"
+    );
+    // A reader opening the table starts from the checkpoint and still sees the transactions.
+    let mut reopened = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
+        .await
+        .unwrap();
+    assert_eq!(reopened.committed_transaction("c").await.unwrap(), Some(4));
+}

@@ -132,12 +132,7 @@ impl Ingest {
     ) -> Result<ExportOutcome, IngestError> {
         CollectorMetrics::add(&self.metrics.requests, 1);
         CollectorMetrics::add(&self.metrics.bytes_received, payload_bytes as u64);
-        let span_count: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let span_count = runledger_processor::span_count(&request);
         CollectorMetrics::add(&self.metrics.spans_received, span_count as u64);
         if span_count == 0 {
             return Ok(ExportOutcome::default());

@@ -20,4 +20,4 @@ pub mod config;
 mod normalize;
 
 pub use config::ProcessorConfig;
-pub use normalize::{NormalizedBatch, Normalizer};
+pub use normalize::{span_count, NormalizedBatch, Normalizer};

@@ -137,13 +137,7 @@ impl Normalizer {
         request: &ExportTraceServiceRequest,
         received_at: SystemTime,
     ) -> NormalizedBatch {
-        let span_count: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        let mut columns = Columns::with_capacity(span_count);
+        let mut columns = Columns::with_capacity(span_count(request));
         let received_at_us = received_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -432,6 +426,16 @@ impl Normalizer {
         }
         c.partition(span.start_time_unix_nano);
     }
+}
+
+/// How many spans a request carries, valid or not.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }
 
 /// Why a span cannot be stored, or `Ok`.

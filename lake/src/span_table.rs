@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{concat, interleave_record_batch, lexsort_to_indices, SortColumn};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
@@ -81,7 +81,9 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(config.zstd_level).unwrap_or_default(),
         ))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // Chunk statistics for every column (Delta's data skipping reads them), page statistics
+        // where lookups filter; none for free text, whose min and max help no query.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(config.max_row_group_rows));
     for id_column in [col::RUN_ID, col::TRACE_ID] {
         let path = ColumnPath::from(id_column);
@@ -92,7 +94,15 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
     }
     for path in no_dictionary {
         let path = ColumnPath::new(path.into_iter().map(String::from).collect());
-        builder = builder.set_column_dictionary_enabled(path, false);
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    for lookup_column in [col::RUN_ID, col::TRACE_ID, col::START_TIME] {
+        builder = builder.set_column_statistics_enabled(
+            ColumnPath::from(lookup_column),
+            EnabledStatistics::Page,
+        );
     }
     // Times and counts change little from one row to the next once rows are sorted by run and
     // start: delta encoding stores the small differences, not the 8-byte values.
@@ -116,9 +126,9 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
     builder.build()
 }
 
-/// Concatenates batches of the span table and sorts the rows by partition, then
+/// Merges batches of the span table into one, its rows sorted by partition, then
 /// (`run_id`, `start_time`): the order in which they are written, so that each file is sorted
-/// by run.
+/// by run. Only the sort keys are concatenated; the rows are gathered once from the inputs.
 pub fn sort_for_lake(
     batches: &[RecordBatch],
 ) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
@@ -126,24 +136,41 @@ pub fn sort_for_lake(
     if batches.is_empty() {
         return Ok(None);
     }
-    let batch = concat_batches(&batches[0].schema(), batches.iter().copied())?;
-    let key = |name: &str| SortColumn {
-        values: batch
-            .column_by_name(name)
-            .expect("span table column")
-            .clone(),
-        options: None,
+    let key = |name: &str| -> Result<SortColumn, arrow::error::ArrowError> {
+        let parts: Vec<&dyn arrow::array::Array> = batches
+            .iter()
+            .map(|b| b.column_by_name(name).expect("span table column").as_ref())
+            .collect();
+        Ok(SortColumn {
+            values: concat(&parts)?,
+            options: None,
+        })
     };
-    let indices = lexsort_to_indices(
+    let order = lexsort_to_indices(
         &[
-            key(col::DATE),
-            key(col::HOUR),
-            key(col::RUN_ID),
-            key(col::START_TIME),
+            key(col::DATE)?,
+            key(col::HOUR)?,
+            key(col::RUN_ID)?,
+            key(col::START_TIME)?,
         ],
         None,
     )?;
-    Ok(Some(take_record_batch(&batch, &indices)?))
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut total = 0usize;
+    for batch in &batches {
+        starts.push(total);
+        total += batch.num_rows();
+    }
+    let rows: Vec<(usize, usize)> = order
+        .values()
+        .iter()
+        .map(|&i| {
+            let i = i as usize;
+            let b = starts.partition_point(|&start| start <= i) - 1;
+            (b, i - starts[b])
+        })
+        .collect();
+    Ok(Some(interleave_record_batch(&batches, &rows)?))
 }
 
 /// What an append did.

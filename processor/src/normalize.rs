@@ -220,9 +220,14 @@ impl Normalizer {
         for kv in &span.attributes {
             self.fill_slot(&mut slots, kv);
             c.attributes.keys().append_value(&kv.key);
-            scratch.value.clear();
-            write_string(kv.value.as_ref(), &mut scratch.value);
-            c.attributes.values().append_value(&scratch.value);
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(text)) => c.attributes.values().append_value(text),
+                _ => {
+                    scratch.value.clear();
+                    write_string(kv.value.as_ref(), &mut scratch.value);
+                    c.attributes.values().append_value(&scratch.value);
+                }
+            }
         }
         c.attributes.append(true).expect("map entries are balanced");
 
@@ -576,15 +581,23 @@ struct Columns {
     last_hour: Option<(u64, String, String)>,
 }
 
-fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
-    MapBuilder::new(
+/// A map builder sized for `spans` rows of about `entries` entries of `value_bytes` each, so
+/// that the buffers are not copied again and again as they grow.
+fn map_builder(
+    spans: usize,
+    entries: usize,
+    value_bytes: usize,
+) -> MapBuilder<StringBuilder, StringBuilder> {
+    let items = spans * entries;
+    MapBuilder::with_capacity(
         Some(MapFieldNames {
             entry: "key_value".into(),
             key: "key".into(),
             value: "value".into(),
         }),
-        StringBuilder::new(),
-        StringBuilder::new(),
+        StringBuilder::with_capacity(items, items * 24),
+        StringBuilder::with_capacity(items, items * value_bytes),
+        spans,
     )
 }
 
@@ -632,8 +645,8 @@ impl Columns {
             price_version: s(),
             scope_name: s(),
             scope_version: s(),
-            attributes: map_builder(),
-            resource_attributes: map_builder(),
+            attributes: map_builder(n, 12, 64),
+            resource_attributes: map_builder(n, 6, 16),
             events: s(),
             links: s(),
             received_at: ts(),

@@ -426,12 +426,16 @@ impl Generator {
         let mut t = run_start + self.rng.random_range(1_000_000..20_000_000);
         let mut failed_write = false;
         // The conversation so far: every model call is sent the whole history, as agents do.
-        let mut history = vec![serde_json::json!({
-            "role": "user",
-            "parts": [{"type": "text", "content": self.prompt(&workflow)}],
-        })];
-        let instructions =
-            serde_json::json!([{"type": "text", "content": workflow.instructions}]).to_string();
+        // Messages are kept serialised: the generator is the load generator of the benchmarks
+        // and must cost little next to the collector it measures.
+        let prompt = serde_json::to_string(&self.prompt(&workflow)).expect("strings serialise");
+        let mut history: Vec<String> = vec![format!(
+            r#"{{"role":"user","parts":[{{"type":"text","content":{prompt}}}]}}"#
+        )];
+        let instructions = format!(
+            r#"[{{"type":"text","content":{}}}]"#,
+            serde_json::to_string(workflow.instructions).expect("strings serialise")
+        );
         let common = |spans: &mut Vec<KeyValue>| {
             spans.push(kv("runledger.run.id", s(run_id.clone())));
         };
@@ -463,9 +467,25 @@ impl Generator {
                 kv("gen_ai.usage.output_tokens", i(output)),
                 kv("gen_ai.usage.cache_read.input_tokens", i(cache_read)),
                 kv("gen_ai.system_instructions", s(instructions.clone())),
-                kv("gen_ai.input.messages", s(serde_json::Value::Array(history.clone()).to_string())),
-                kv("gen_ai.output.messages", s(serde_json::json!([{"role": "assistant", "parts": [{"type": "tool_call", "id": call_id, "name": tool.name}], "finish_reason": "tool_call"}]).to_string())),
-                kv("gen_ai.response.finish_reasons", Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values: vec![AnyValue { value: Some(s("tool_call")) }] })),
+                kv(
+                    "gen_ai.input.messages",
+                    s(format!("[{}]", history.join(","))),
+                ),
+                kv(
+                    "gen_ai.output.messages",
+                    s(format!(
+                        r#"[{{"role":"assistant","parts":[{{"type":"tool_call","id":"{call_id}","name":"{}"}}],"finish_reason":"tool_call"}}]"#,
+                        tool.name
+                    )),
+                ),
+                kv(
+                    "gen_ai.response.finish_reasons",
+                    Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(s("tool_call")),
+                        }],
+                    }),
+                ),
             ];
             if cache_write > 0 {
                 attributes.push(kv(
@@ -491,10 +511,10 @@ impl Generator {
             });
             t += chat_ns + self.rng.random_range(1_000_000..30_000_000);
 
-            history.push(serde_json::json!({
-                "role": "assistant",
-                "parts": [{"type": "tool_call", "id": call_id, "name": tool.name}],
-            }));
+            history.push(format!(
+                r#"{{"role":"assistant","parts":[{{"type":"tool_call","id":"{call_id}","name":"{}"}}]}}"#,
+                tool.name
+            ));
             // Then the tool, retried after a failure.
             let mut attempt = 0;
             let mut last_result = String::new();
@@ -580,10 +600,14 @@ impl Generator {
                     break;
                 }
             }
-            history.push(serde_json::json!({
-                "role": "tool",
-                "parts": [{"type": "tool_call_response", "id": call_id, "response": last_result}],
-            }));
+            let response = if last_result.is_empty() {
+                "null".to_string()
+            } else {
+                serde_json::to_string(&last_result).expect("strings serialise")
+            };
+            history.push(format!(
+                r#"{{"role":"tool","parts":[{{"type":"tool_call_response","id":"{call_id}","response":{response}}}]}}"#
+            ));
             // Long loops keep the first message and the recent turns, as agents trim context.
             if history.len() > 9 {
                 history.drain(1..history.len() - 8);

@@ -5,10 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 
@@ -89,7 +86,8 @@ pub enum SendError {
 }
 
 struct Work {
-    request: ExportTraceServiceRequest,
+    /// The request, protobuf-encoded once by the generator thread: retries resend the bytes.
+    payload: bytes::Bytes,
     spans: u64,
 }
 
@@ -135,16 +133,11 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
                 }
             }
             let (request, spans) = generator.next_request(runs as usize);
-            if tx
-                .blocking_send((
-                    Work {
-                        request,
-                        spans: spans as u64,
-                    },
-                    runs,
-                ))
-                .is_err()
-            {
+            let work = Work {
+                payload: request.encode_to_vec().into(),
+                spans: spans as u64,
+            };
+            if tx.blocking_send((work, runs)).is_err() {
                 return;
             }
             sent_runs += runs;
@@ -183,10 +176,10 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
                 counters.spans_sent.fetch_add(work.spans, Ordering::Relaxed);
                 counters
                     .otlp_bytes
-                    .fetch_add(work.request.encoded_len() as u64, Ordering::Relaxed);
+                    .fetch_add(work.payload.len() as u64, Ordering::Relaxed);
                 let mut attempt = 0;
                 loop {
-                    match client.export(&work.request).await {
+                    match client.export(&work.payload, work.spans).await {
                         Outcome::Acked { accepted, rejected } => {
                             counters.spans_acked.fetch_add(accepted, Ordering::Relaxed);
                             counters
@@ -249,7 +242,7 @@ pub async fn send(options: SendOptions) -> Result<SendReport, SendError> {
 }
 
 enum Client {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     Http {
         client: reqwest::Client,
         url: String,
@@ -263,8 +256,7 @@ impl Client {
             Protocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
                     .map_err(|e| SendError::Endpoint(options.endpoint.clone(), e.to_string()))?;
-                let mut client = TraceServiceClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(64 << 20);
+                let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
                 if options.gzip {
                     client = client
                         .send_compressed(CompressionEncoding::Gzip)
@@ -288,7 +280,7 @@ impl Client {
         }
     }
 
-    async fn export(&mut self, request: &ExportTraceServiceRequest) -> Outcome {
+    async fn export(&mut self, payload: &bytes::Bytes, spans: u64) -> Outcome {
         let acked = |spans: u64, response: ExportTraceServiceResponse| {
             let rejected = response
                 .partial_success
@@ -299,14 +291,8 @@ impl Client {
                 rejected,
             }
         };
-        let spans: u64 = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len() as u64)
-            .sum();
         match self {
-            Client::Grpc(client) => match client.export(request.clone()).await {
+            Client::Grpc(client) => match grpc_export(client, payload.clone()).await {
                 Ok(response) => acked(spans, response.into_inner()),
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     use tonic_types::StatusExt;
@@ -321,7 +307,7 @@ impl Client {
                 }
             },
             Client::Http { client, url, gzip } => {
-                let mut body = request.encode_to_vec();
+                let mut body = payload.to_vec();
                 let mut builder = client
                     .post(url.as_str())
                     .header("content-type", "application/x-protobuf");
@@ -360,5 +346,73 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+async fn grpc_export(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    payload: bytes::Bytes,
+) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+    client
+        .unary(tonic::Request::new(payload), path, EncodedCodec)
+        .await
+}
+
+/// A gRPC codec whose requests are already-encoded protobuf bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct EncodedCodec;
+
+struct BytesEncoder;
+
+struct ResponseDecoder;
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable response: {e}")))
+    }
+}
+
+impl tonic::codec::Codec for EncodedCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = BytesEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
     }
 }

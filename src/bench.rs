@@ -31,11 +31,12 @@ enum Which {
         /// Runs to send end to end (about 10 spans each).
         #[arg(long, default_value_t = 150_000)]
         runs: u64,
-        /// Requests in flight.
-        #[arg(long, default_value_t = 8)]
+        /// Exporters sending at once (services or OpenTelemetry Collectors).
+        #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        /// Runs per export request.
-        #[arg(long, default_value_t = 50)]
+        /// Runs per export request: 80 runs are about 500 spans, the batch size of the SDKs'
+        /// batch span processor (512).
+        #[arg(long, default_value_t = 80)]
         runs_per_request: usize,
         /// Where the server keeps its data (a fresh temporary directory by default).
         #[arg(long)]

@@ -81,7 +81,7 @@ impl Flusher {
         let (records, _) = read_segment(&segment.path).map_err(|e| e.to_string())?;
         let schema = span_table_schema();
         let mut batches: Vec<RecordBatch> = Vec::with_capacity(records.len());
-        for record in &records {
+        for record in records {
             for batch in decode_batches(record).map_err(|e| {
                 format!(
                     "segment {}: undecodable record: {e}",

@@ -1,11 +1,10 @@
 //! The shared ingest path of both receivers: admit, normalise, log, acknowledge.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
-use arrow::ipc::reader::StreamReader;
+use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -188,7 +187,20 @@ pub(crate) fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>, arrow::error:
     Ok(out)
 }
 
-/// The batches of one WAL record.
-pub(crate) fn decode_batches(payload: &[u8]) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-    StreamReader::try_new(Cursor::new(payload), None)?.collect()
+/// The batches of one WAL record, decoded in place: the arrays point into `payload`.
+pub(crate) fn decode_batches(
+    payload: bytes::Bytes,
+) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    let mut buffer = arrow::buffer::Buffer::from(payload);
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer)? {
+            Some(batch) => batches.push(batch),
+            None if buffer.is_empty() => break,
+            None => {}
+        }
+    }
+    decoder.finish()?;
+    Ok(batches)
 }

@@ -138,13 +138,14 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(segments)
 }
 
-/// Reads the records of a segment. Returns them and the length of the valid prefix of the
-/// file: a torn or corrupt tail ends the segment.
-pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, u64), WalError> {
+/// Reads the records of a segment. Returns them (slices of one buffer: no copy per record)
+/// and the length of the valid prefix of the file: a torn or corrupt tail ends the segment.
+pub fn read_segment(path: &Path) -> Result<(Vec<bytes::Bytes>, u64), WalError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(format!("reading {}", path.display())))?;
+    let data = bytes::Bytes::from(data);
     if data.len() < SEGMENT_HEADER.len() {
         // A crash right after creating the file: an empty segment.
         return Ok((Vec::new(), 0));
@@ -161,11 +162,11 @@ pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, u64), WalError> {
         if len > MAX_RECORD_BYTES || data.len() - start < len {
             break;
         }
-        let payload = &data[start..start + len];
-        if crc32fast::hash(payload) != crc {
+        let payload = data.slice(start..start + len);
+        if crc32fast::hash(&payload) != crc {
             break;
         }
-        records.push(payload.to_vec());
+        records.push(payload);
         pos = start + len;
     }
     Ok((records, pos as u64))
@@ -219,6 +220,22 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         return Err(WalError::Locked(dir.to_path_buf()));
     }
     Ok(file)
+}
+
+/// `write_all` over several buffers in as few system calls as the kernel allows.
+fn write_all_vectored(
+    file: &mut File,
+    mut slices: &mut [std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -424,15 +441,23 @@ impl Writer {
             .iter()
             .map(|a| a.payload.len() + RECORD_HEADER_BYTES)
             .sum();
-        let mut buffer = Vec::with_capacity(total);
-        for append in &group {
-            buffer.extend_from_slice(&(append.payload.len() as u32).to_le_bytes());
-            buffer.extend_from_slice(&crc32fast::hash(&append.payload).to_le_bytes());
-            buffer.extend_from_slice(&append.payload);
+        let headers: Vec<[u8; RECORD_HEADER_BYTES]> = group
+            .iter()
+            .map(|append| {
+                let mut header = [0u8; RECORD_HEADER_BYTES];
+                header[..4].copy_from_slice(&(append.payload.len() as u32).to_le_bytes());
+                header[4..].copy_from_slice(&crc32fast::hash(&append.payload).to_le_bytes());
+                header
+            })
+            .collect();
+        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(group.len() * 2);
+        for (header, append) in headers.iter().zip(&group) {
+            slices.push(std::io::IoSlice::new(header));
+            slices.push(std::io::IoSlice::new(&append.payload));
         }
         let result = self.open_segment().and_then(|segment| {
             let before = segment.bytes;
-            let written = segment.file.write_all(&buffer).and_then(|()| {
+            let written = write_all_vectored(&mut segment.file, &mut slices).and_then(|()| {
                 if fsync {
                     segment.file.sync_data()
                 } else {
@@ -441,7 +466,7 @@ impl Writer {
             });
             match written {
                 Ok(()) => {
-                    segment.bytes += buffer.len() as u64;
+                    segment.bytes += total as u64;
                     segment.records += group.len() as u64;
                     Ok(())
                 }
@@ -459,7 +484,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 CollectorMetrics::add(&self.metrics.wal_records, group.len() as u64);
-                CollectorMetrics::add(&self.metrics.wal_bytes, buffer.len() as u64);
+                CollectorMetrics::add(&self.metrics.wal_bytes, total as u64);
                 if fsync {
                     CollectorMetrics::add(&self.metrics.wal_fsyncs, 1);
                 }

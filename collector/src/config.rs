@@ -31,8 +31,9 @@ pub struct IngestConfig {
     /// for the WAL plus the WAL backlog. When it is spent, exports get UNAVAILABLE / 503 with a
     /// retry hint until the flusher catches up. Default 512 MiB.
     pub memory_limit_bytes: usize,
-    /// Export requests processed at once per receiver protocol; more get the overload status.
-    /// Bounds the memory of requests being decoded. Default 64.
+    /// Export requests processed at once, both receivers together; more get the overload
+    /// status. Bounds the memory of OTLP/HTTP bodies being read and decoded (gRPC messages are
+    /// decoded by tonic before admission, bounded by `max_request_bytes` each). Default 64.
     pub max_inflight_requests: usize,
     /// The retry delay suggested to clients when overloaded (RetryInfo / Retry-After), in
     /// seconds. Default 1.

@@ -103,6 +103,11 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
             .set_column_dictionary_enabled(path.clone(), false)
             .set_column_statistics_enabled(path, EnabledStatistics::None);
     }
+    // Ids that are unique per row never gain from a dictionary; building one only to drop it
+    // costs a hash per value.
+    for unique in [col::SPAN_ID, col::PARENT_SPAN_ID, col::TOOL_CALL_ID] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(unique), false);
+    }
     for lookup_column in [col::RUN_ID, col::TRACE_ID, col::START_TIME] {
         builder = builder.set_column_statistics_enabled(
             ColumnPath::from(lookup_column),

@@ -237,19 +237,24 @@ impl Normalizer {
                 .map(|(_, v)| v)
         };
 
-        let trace_id = hex::encode(&span.trace_id);
+        // Ids are validated to 16 and 8 bytes: hex them on the stack.
+        let mut trace_hex = [0u8; 32];
+        let trace_id = hex_str(&span.trace_id, &mut trace_hex);
         let is_root = span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|b| *b == 0);
         match get(Slot::RunId) {
             Some(v) => append_any_str(&mut c.run_id, Some(v), &mut scratch.value),
-            None => c.run_id.append_value(&trace_id),
+            None => c.run_id.append_value(trace_id),
         }
-        c.trace_id.append_value(&trace_id);
-        c.span_id.append_value(hex::encode(&span.span_id));
+        c.trace_id.append_value(trace_id);
+        let mut span_hex = [0u8; 16];
+        c.span_id
+            .append_value(hex_str(&span.span_id, &mut span_hex));
         if is_root {
             c.parent_span_id.append_null();
         } else {
+            let mut parent_hex = [0u8; 16];
             c.parent_span_id
-                .append_value(hex::encode(&span.parent_span_id));
+                .append_value(hex_str(&span.parent_span_id, &mut parent_hex));
         }
         let start_us = (span.start_time_unix_nano / 1_000) as i64;
         c.start_time.append_value(start_us);
@@ -431,6 +436,12 @@ impl Normalizer {
         }
         c.partition(span.start_time_unix_nano);
     }
+}
+
+/// Lowercase hex of `bytes` in `out`, which is exactly twice as long.
+fn hex_str<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    hex::encode_to_slice(bytes, out).expect("ids are validated to their length");
+    std::str::from_utf8(out).expect("hex is ASCII")
 }
 
 /// How many spans a request carries, valid or not.

@@ -14,4 +14,4 @@ mod generator;
 mod sender;
 
 pub use generator::{GeneratedRun, Generator, GeneratorOptions, WORKFLOWS};
-pub use sender::{send, Protocol, SendError, SendOptions, SendReport};
+pub use sender::{export_encoded, send, Protocol, SendError, SendOptions, SendReport};

@@ -351,6 +351,27 @@ impl Client {
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// Sends `payload`, already protobuf-encoded (or any bytes at all: the tests send malformed
+/// ones), as one OTLP/gRPC `Export` call to `endpoint`, gzip-compressed if asked.
+pub async fn export_encoded(
+    endpoint: &str,
+    payload: bytes::Bytes,
+    gzip: bool,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad endpoint {endpoint}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting to {endpoint}: {e}")))?;
+    let mut client = tonic::client::Grpc::new(channel);
+    if gzip {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    grpc_export(&mut client, payload)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn grpc_export(
     client: &mut tonic::client::Grpc<tonic::transport::Channel>,
     payload: bytes::Bytes,

@@ -225,75 +225,16 @@ pub fn fast_flush_config(extra: &str) -> String {
     format!("[wal]\nflush_interval_ms = 200\n{extra}")
 }
 
-/// A gRPC client that sends raw bytes as the Export request, to test what the collector does
-/// with payloads no SDK would send.
+/// One OTLP/gRPC Export call with any bytes as the request.
 pub mod raw_grpc {
-    use bytes::{Buf, BufMut};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-    use prost::Message;
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-    use tonic::Status;
 
-    #[derive(Debug, Default, Clone)]
-    pub struct RawCodec;
-    pub struct RawEncoder;
-    pub struct ResponseDecoder;
-
-    impl Encoder for RawEncoder {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            dst.put_slice(&item);
-            Ok(())
-        }
-    }
-
-    impl Decoder for ResponseDecoder {
-        type Item = ExportTraceServiceResponse;
-        type Error = Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-            let bytes = src.copy_to_bytes(src.remaining());
-            ExportTraceServiceResponse::decode(bytes)
-                .map(Some)
-                .map_err(|e| Status::internal(e.to_string()))
-        }
-    }
-
-    impl Codec for RawCodec {
-        type Encode = Vec<u8>;
-        type Decode = ExportTraceServiceResponse;
-        type Encoder = RawEncoder;
-        type Decoder = ResponseDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> ResponseDecoder {
-            ResponseDecoder
-        }
-    }
-
-    /// Sends `payload` as the body of `TraceService/Export`.
     pub async fn export(
         endpoint: &str,
         payload: Vec<u8>,
         gzip: bool,
-    ) -> Result<ExportTraceServiceResponse, Status> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut grpc = tonic::client::Grpc::new(channel);
-        if gzip {
-            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-        }
-        grpc.ready().await.unwrap();
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-        );
-        grpc.unary(tonic::Request::new(payload), path, RawCodec)
-            .await
-            .map(|r| r.into_inner())
+    ) -> Result<ExportTraceServiceResponse, tonic::Status> {
+        runledger_sample_data::export_encoded(endpoint, payload.into(), gzip).await
     }
 }
 

@@ -9,7 +9,6 @@ mod config;
 mod gen;
 mod serve;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -72,9 +71,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The default data directory.
-pub(crate) fn default_data_dir() -> PathBuf {
-    PathBuf::from("./runledger-data")
 }

@@ -38,7 +38,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.server.data_dir = dir;
     }
     if config.server.data_dir.as_os_str().is_empty() {
-        config.server.data_dir = crate::default_data_dir();
+        config.server.data_dir = crate::config::ServerConfig::default().data_dir;
     }
     config.server.grpc_addr = args.grpc_addr.unwrap_or(config.server.grpc_addr);
     config.server.http_addr = args.http_addr.unwrap_or(config.server.http_addr);

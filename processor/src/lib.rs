@@ -18,6 +18,8 @@
 mod anyvalue;
 pub mod config;
 mod normalize;
+pub mod redact;
 
 pub use config::ProcessorConfig;
 pub use normalize::{span_count, NormalizedBatch, Normalizer};
+pub use redact::{RedactionConfig, Redactor};

@@ -163,6 +163,16 @@ impl Normalizer {
             }
             for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
                 let scope = scope_spans.scope.as_ref();
+                let scope_map: Vec<(&str, String)> = scope
+                    .map(|s| s.attributes.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|kv| {
+                        let mut value = String::new();
+                        write_string(kv.value.as_ref(), &mut value);
+                        (kv.key.as_str(), value)
+                    })
+                    .collect();
                 for (pi, span) in scope_spans.spans.iter().enumerate() {
                     if let Err(reason) = validate(span) {
                         rejected_spans += 1;
@@ -175,6 +185,7 @@ impl Normalizer {
                     }
                     accepted_spans += 1;
                     columns.resource_attributes_from(&resource_map);
+                    columns.scope_attributes_from(&scope_map);
                     columns.scope(
                         scope.map(|s| s.name.as_str()),
                         scope.map(|s| s.version.as_str()),
@@ -583,6 +594,7 @@ struct Columns {
     scope_version: StringBuilder,
     attributes: MapBuilder<StringBuilder, StringBuilder>,
     resource_attributes: MapBuilder<StringBuilder, StringBuilder>,
+    scope_attributes: MapBuilder<StringBuilder, StringBuilder>,
     events: StringBuilder,
     links: StringBuilder,
     received_at: TimestampMicrosecondBuilder,
@@ -658,6 +670,7 @@ impl Columns {
             scope_version: s(),
             attributes: map_builder(n, 12, 64),
             resource_attributes: map_builder(n, 6, 16),
+            scope_attributes: map_builder(n, 0, 16),
             events: s(),
             links: s(),
             received_at: ts(),
@@ -673,6 +686,16 @@ impl Columns {
             self.resource_attributes.values().append_value(v);
         }
         self.resource_attributes
+            .append(true)
+            .expect("map entries are balanced");
+    }
+
+    fn scope_attributes_from(&mut self, entries: &[(&str, String)]) {
+        for (k, v) in entries {
+            self.scope_attributes.keys().append_value(k);
+            self.scope_attributes.values().append_value(v);
+        }
+        self.scope_attributes
             .append(true)
             .expect("map entries are balanced");
     }
@@ -701,6 +724,7 @@ impl Columns {
     }
 
     fn finish(mut self) -> RecordBatch {
+        let rows = arrow::array::ArrayBuilder::len(&self.date);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.run_id.finish()),
             Arc::new(self.trace_id.finish()),
@@ -743,8 +767,11 @@ impl Columns {
             Arc::new(self.scope_version.finish()),
             Arc::new(self.attributes.finish()),
             Arc::new(self.resource_attributes.finish()),
+            Arc::new(self.scope_attributes.finish()),
             Arc::new(self.events.finish()),
             Arc::new(self.links.finish()),
+            // Filled by the redaction stage, in the redacted tier only.
+            arrow::array::new_null_array(&runledger_schemas::redaction_summary_type(), rows),
             Arc::new(self.received_at.finish()),
             Arc::new(self.date.finish()),
             Arc::new(self.hour.finish()),

@@ -16,5 +16,6 @@ pub mod conventions;
 mod span_table;
 
 pub use span_table::{
-    attribute_map_type, col, span_table_schema, Tier, PARTITION_COLUMNS, SPAN_TABLE_DOC,
+    attribute_map_type, col, redaction_summary_type, span_table_schema, Tier, PARTITION_COLUMNS,
+    SPAN_TABLE_DOC,
 };

@@ -55,8 +55,10 @@ pub mod col {
     pub const SCOPE_VERSION: &str = "scope_version";
     pub const ATTRIBUTES: &str = "attributes";
     pub const RESOURCE_ATTRIBUTES: &str = "resource_attributes";
+    pub const SCOPE_ATTRIBUTES: &str = "scope_attributes";
     pub const EVENTS: &str = "events";
     pub const LINKS: &str = "links";
+    pub const REDACTIONS: &str = "redactions";
     pub const RECEIVED_AT: &str = "received_at";
     pub const DATE: &str = "date";
     pub const HOUR: &str = "hour";
@@ -118,6 +120,22 @@ pub fn attribute_map_type() -> DataType {
     )
 }
 
+/// The Arrow type of the `redactions` column: counts by kind (`EMAIL` -> 2), laid out like
+/// the attribute maps.
+pub fn redaction_summary_type() -> DataType {
+    DataType::Map(
+        Arc::new(Field::new(
+            "key_value",
+            DataType::Struct(Fields::from(vec![
+                Field::new("key", DataType::Utf8, false),
+                Field::new("value", DataType::Int32, false),
+            ])),
+            false,
+        )),
+        false,
+    )
+}
+
 /// The Arrow schema of the span table. The first 32 columns carry Delta file statistics (the
 /// Delta default), so the columns that queries filter on come first.
 pub fn span_table_schema() -> SchemaRef {
@@ -170,8 +188,10 @@ pub fn span_table_schema() -> SchemaRef {
                 s(col::SCOPE_VERSION, true),
                 Field::new(col::ATTRIBUTES, attribute_map_type(), false),
                 Field::new(col::RESOURCE_ATTRIBUTES, attribute_map_type(), false),
+                Field::new(col::SCOPE_ATTRIBUTES, attribute_map_type(), false),
                 s(col::EVENTS, true),
                 s(col::LINKS, true),
+                Field::new(col::REDACTIONS, redaction_summary_type(), true),
                 Field::new(col::RECEIVED_AT, ts(), false),
                 s(col::DATE, false),
                 s(col::HOUR, false),

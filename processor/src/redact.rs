@@ -1,0 +1,832 @@
+//! The redaction stage: what the redacted tier stores instead of personal data and secrets.
+//!
+//! It works on the span table's rows (an Arrow batch), after normalisation, so that one pass
+//! covers every string a span carries: the span name, status message, typed columns derived
+//! from attributes, attribute and resource-attribute values, and the JSON of events and links
+//! (event names and attributes, link attributes). The collector runs it on the flusher's
+//! thread, never on the receivers' async threads.
+//!
+//! Two kinds of rules:
+//! - **detectors** find values by their shape anywhere in a string (an email inside a prompt,
+//!   a key inside tool arguments). All of them, built-in and custom, are compiled into one
+//!   multi-pattern automaton, so a string is scanned once whatever the number of rules; a
+//!   candidate is then confirmed by its detector's validator (Luhn, mod-97...).
+//! - **key rules** act on the whole value of an attribute by its key (`*password*`,
+//!   `user.id`), including keys inside JSON values, whatever the value looks like.
+//!
+//! Each span gets a summary of what was redacted: counts by kind, never values or keys.
+
+mod config;
+mod detectors;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use aho_corasick::AhoCorasick;
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int32Builder, MapArray, MapBuilder, MapFieldNames, RecordBatch,
+    StringBuilder,
+};
+use arrow::error::ArrowError;
+use hmac::{Hmac, KeyInit, Mac};
+use regex_automata::meta::Regex as MetaRegex;
+use regex_automata::{Anchored, Input};
+use runledger_schemas::{col, conventions};
+use rustc_hash::FxHashMap;
+use sha2::Sha256;
+
+pub use config::{Action, CustomRule, KeyRule, RedactionConfig, DEFAULT_SECRET_KEYS};
+
+use detectors::{Validator, BUILTINS};
+
+/// Hex characters of the HMAC kept in a hash token: 64 bits, enough for joins and distinct
+/// counts over any realistic number of values.
+const HASH_HEX_CHARS: usize = 16;
+
+/// An error building a redactor from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("redaction config: {0}")]
+pub struct RedactionConfigError(String);
+
+struct Detector {
+    kind: usize,
+    regex: MetaRegex,
+    group: usize,
+    validate: Option<Validator>,
+    action: Action,
+}
+
+struct KeyDecision {
+    action: Action,
+    kind: usize,
+}
+
+/// The compiled rules. Cheap to share: the flusher holds it in an `Arc`.
+pub struct Redactor {
+    /// One automaton over every detector's pattern; the pattern id says which matched.
+    combined: Option<MetaRegex>,
+    detectors: Vec<Detector>,
+    /// Placeholder kinds, upper case; an index into this is a "kind".
+    kinds: Vec<String>,
+    key_globs: globset::GlobSet,
+    key_decisions: Vec<KeyDecision>,
+    /// Literals of the key rules: a JSON value is parsed to apply key rules to its keys only
+    /// when one of them occurs in it. `None`: some rule has no literal, always parse.
+    key_literals: Option<AhoCorasick>,
+    mac: Hmac<Sha256>,
+    /// Typed columns filled from attributes, with the keys they come from: a key rule on one
+    /// of those keys applies to the column too.
+    column_keys: Vec<(&'static str, Vec<String>)>,
+}
+
+/// What redaction did to a batch: total counts by kind, for metrics.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RedactionTotals {
+    /// `(kind, count)` for every kind with a non-zero count.
+    pub by_kind: Vec<(String, u64)>,
+}
+
+enum Edit {
+    Keep,
+    Replace(String),
+    Drop,
+}
+
+impl Redactor {
+    /// Compiles the rules. `customer_id_keys` are the processor's extra customer keys, hashed
+    /// like `user.id`; `hmac_key` comes from [`RedactionConfig::resolve_hmac_key`].
+    pub fn new(
+        config: &RedactionConfig,
+        customer_id_keys: &[String],
+        hmac_key: &[u8],
+    ) -> Result<Self, RedactionConfigError> {
+        config.validate().map_err(RedactionConfigError)?;
+        let mut kinds: Vec<String> = Vec::new();
+        let mut kind_of = |name: &str| -> usize {
+            let upper = name.to_ascii_uppercase();
+            match kinds.iter().position(|k| *k == upper) {
+                Some(i) => i,
+                None => {
+                    kinds.push(upper);
+                    kinds.len() - 1
+                }
+            }
+        };
+
+        let mut patterns: Vec<String> = Vec::new();
+        let mut detectors = Vec::new();
+        let build = |pattern: &str| {
+            MetaRegex::builder()
+                .configure(MetaRegex::config().hybrid_cache_capacity(4 << 20))
+                .build(pattern)
+                .map_err(|e| RedactionConfigError(format!("pattern `{pattern}`: {e}")))
+        };
+        for builtin in BUILTINS {
+            let action =
+                config
+                    .actions
+                    .get(builtin.name)
+                    .copied()
+                    .unwrap_or(if builtin.default_hash {
+                        Action::Hash
+                    } else {
+                        Action::Mask
+                    });
+            if action == Action::Allow {
+                continue;
+            }
+            detectors.push(Detector {
+                kind: kind_of(builtin.name),
+                regex: build(builtin.pattern)?,
+                group: builtin.group,
+                validate: builtin.validate,
+                action,
+            });
+            patterns.push(builtin.pattern.to_string());
+        }
+        for rule in &config.rules {
+            detectors.push(Detector {
+                kind: kind_of(&rule.name),
+                regex: build(&rule.pattern)?,
+                group: 0,
+                validate: None,
+                action: rule.action,
+            });
+            patterns.push(rule.pattern.clone());
+        }
+        let combined = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                MetaRegex::builder()
+                    .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
+                    .build_many(&patterns)
+                    .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?,
+            )
+        };
+
+        // Key rules: the user's first, then customer ids (hashed), then secret-naming keys.
+        let mut rules: Vec<(String, Action, usize)> = Vec::new();
+        for rule in &config.keys {
+            let kind = kind_of(rule.kind.as_deref().unwrap_or("redacted"));
+            rules.push((rule.pattern.clone(), rule.action, kind));
+        }
+        let customer = kind_of("customer_id");
+        for key in conventions::CUSTOMER_ID
+            .iter()
+            .copied()
+            .chain(customer_id_keys.iter().map(String::as_str))
+        {
+            rules.push((key.to_string(), Action::Hash, customer));
+        }
+        let secret = kind_of("secret");
+        for key in DEFAULT_SECRET_KEYS {
+            rules.push((key.to_string(), Action::Mask, secret));
+        }
+        let mut globs = globset::GlobSetBuilder::new();
+        let mut literals = Vec::new();
+        let mut every_rule_has_literal = true;
+        for (pattern, _, _) in &rules {
+            let glob = globset::GlobBuilder::new(pattern)
+                .case_insensitive(true)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| RedactionConfigError(format!("key rule `{pattern}`: {e}")))?;
+            globs.add(glob);
+            let literal = longest_literal(pattern);
+            if literal.len() >= 3 {
+                literals.push(literal);
+            } else {
+                every_rule_has_literal = false;
+            }
+        }
+        let key_globs = globs
+            .build()
+            .map_err(|e| RedactionConfigError(format!("key rules: {e}")))?;
+        let key_literals = if every_rule_has_literal {
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(&literals)
+                    .map_err(|e| RedactionConfigError(format!("key rule literals: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let key_decisions = rules
+            .into_iter()
+            .map(|(_, action, kind)| KeyDecision { action, kind })
+            .collect();
+
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(hmac_key)
+            .map_err(|e| RedactionConfigError(format!("hmac key: {e}")))?;
+
+        let owned = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let mut customer_keys = owned(conventions::CUSTOMER_ID);
+        customer_keys.extend(customer_id_keys.iter().cloned());
+        let mut agent_keys = owned(conventions::AGENT_NAME);
+        agent_keys.push(conventions::SERVICE_NAME.to_string());
+        let column_keys = vec![
+            (
+                col::SERVICE_NAME,
+                vec![conventions::SERVICE_NAME.to_string()],
+            ),
+            (col::AGENT_NAME, agent_keys),
+            (col::AGENT_ID, owned(conventions::AGENT_ID)),
+            (col::WORKFLOW, owned(conventions::WORKFLOW)),
+            (col::CUSTOMER_ID, customer_keys),
+            (col::CONVERSATION_ID, owned(conventions::CONVERSATION_ID)),
+            (col::TOOL_NAME, owned(conventions::TOOL_NAME)),
+            (col::TOOL_CALL_ID, owned(conventions::TOOL_CALL_ID)),
+            (col::ERROR_TYPE, owned(conventions::ERROR_TYPE)),
+            (col::EXTERNAL_REF, vec![conventions::ACTION_REF.to_string()]),
+            (col::OPERATION, owned(conventions::OPERATION)),
+            (col::PROVIDER, owned(conventions::PROVIDER)),
+            (col::REQUEST_MODEL, owned(conventions::REQUEST_MODEL)),
+            (col::RESPONSE_MODEL, owned(conventions::RESPONSE_MODEL)),
+        ];
+
+        Ok(Self {
+            combined,
+            detectors,
+            kinds,
+            key_globs,
+            key_decisions,
+            key_literals,
+            mac,
+            column_keys,
+        })
+    }
+
+    /// The kinds that summaries and metrics name, upper case.
+    pub fn kinds(&self) -> &[String] {
+        &self.kinds
+    }
+
+    /// The keyed hash of a value as the redacted tier stores it for `kind` (e.g.
+    /// `customer_id`): what `erase` looks for.
+    pub fn hash_token(&self, kind: &str, value: &str) -> String {
+        format!(
+            "<{}:{}>",
+            kind.to_ascii_uppercase(),
+            self.hmac_hex(value.as_bytes())
+        )
+    }
+
+    fn hmac_hex(&self, value: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        let mut out = hex::encode(&digest[..HASH_HEX_CHARS / 2]);
+        out.truncate(HASH_HEX_CHARS);
+        out
+    }
+
+    fn replacement(&self, kind: usize, action: Action, value: &str) -> String {
+        match action {
+            Action::Hash => format!("<{}:{}>", self.kinds[kind], self.hmac_hex(value.as_bytes())),
+            _ => format!("<{}>", self.kinds[kind]),
+        }
+    }
+
+    /// Redacts one string with the detectors. `counts` (one slot per kind) is incremented
+    /// for each value found.
+    pub fn redact_str<'a>(&self, text: &'a str, counts: &mut [u32]) -> Cow<'a, str> {
+        match self.scan(text, counts, None) {
+            Edit::Keep => Cow::Borrowed(text),
+            Edit::Replace(s) => Cow::Owned(s),
+            Edit::Drop => Cow::Owned(String::new()),
+        }
+    }
+
+    /// Runs the detectors over `text`. `force` overrides every detector's action (run ids
+    /// are always hashed, so that two runs never merge into one placeholder).
+    fn scan(&self, text: &str, counts: &mut [u32], force: Option<Action>) -> Edit {
+        let Some(combined) = &self.combined else {
+            return Edit::Keep;
+        };
+        // JSON escapes glue a value to the letter before it (`"\n4111..."`: no word
+        // boundary between `n` and `4`). Detection runs over a copy of the same length whose
+        // escape letters are spaces; the edits apply to the original at the same offsets.
+        let shadow;
+        let hay = if memchr_backslash(text) {
+            shadow = blank_escapes(text);
+            shadow.as_str()
+        } else {
+            text
+        };
+        let mut out: Option<String> = None;
+        let mut copied = 0;
+        let mut at = 0;
+        while at < text.len() {
+            let Some(m) = combined.search(&Input::new(hay).range(at..)) else {
+                break;
+            };
+            let start = m.start();
+            let first = m.pattern().as_usize();
+            let hit = self.confirm(hay, first, start, m.end()).or_else(|| {
+                // The pattern that matched here did not validate: another may.
+                (0..self.detectors.len())
+                    .filter(|&i| i != first)
+                    .find_map(|i| self.confirm_anchored(hay, i, start))
+            });
+            match hit {
+                Some((i, range, end)) => {
+                    let detector = &self.detectors[i];
+                    counts[detector.kind] += 1;
+                    let action = force.unwrap_or(detector.action);
+                    if action == Action::Drop {
+                        return Edit::Drop;
+                    }
+                    let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                    out.push_str(&text[copied..range.start]);
+                    out.push_str(&self.replacement(detector.kind, action, &text[range.clone()]));
+                    copied = range.end;
+                    at = end.max(start + 1);
+                }
+                None => at = next_char(hay, start),
+            }
+            at = ceil_char(hay, at);
+        }
+        match out {
+            Some(mut out) => {
+                out.push_str(&text[copied..]);
+                Edit::Replace(out)
+            }
+            None => Edit::Keep,
+        }
+    }
+
+    /// Confirms the combined automaton's match of detector `i` at `start..end`: returns the
+    /// detector, the range to redact and where scanning resumes.
+    fn confirm(
+        &self,
+        text: &str,
+        i: usize,
+        start: usize,
+        end: usize,
+    ) -> Option<(usize, std::ops::Range<usize>, usize)> {
+        let detector = &self.detectors[i];
+        let range = if detector.group == 0 {
+            start..end
+        } else {
+            self.group_range(text, i, start)?
+        };
+        let range = match detector.validate {
+            Some(validate) => validate(text, range)?,
+            None => range,
+        };
+        Some((i, range.clone(), end.max(range.end)))
+    }
+
+    fn confirm_anchored(
+        &self,
+        text: &str,
+        i: usize,
+        start: usize,
+    ) -> Option<(usize, std::ops::Range<usize>, usize)> {
+        let m = self.detectors[i]
+            .regex
+            .search(&Input::new(text).range(start..).anchored(Anchored::Yes))?;
+        self.confirm(text, i, start, m.end())
+    }
+
+    fn group_range(&self, text: &str, i: usize, start: usize) -> Option<std::ops::Range<usize>> {
+        let regex = &self.detectors[i].regex;
+        let mut caps = regex.create_captures();
+        regex.search_captures(
+            &Input::new(text).range(start..).anchored(Anchored::Yes),
+            &mut caps,
+        );
+        caps.get_group(self.detectors[i].group).map(|s| s.range())
+    }
+
+    /// The first key rule that matches `key`, if any.
+    fn key_rule(&self, key: &str) -> Option<&KeyDecision> {
+        let mut matches = self.key_globs.matches(key);
+        matches.sort_unstable();
+        matches.first().map(|&i| &self.key_decisions[i])
+    }
+
+    /// Redacts an attribute value: its key's rule if one matches, else the detectors (and
+    /// key rules on the keys inside a JSON value).
+    fn redact_value(
+        &self,
+        decision: Option<&KeyDecision>,
+        value: &str,
+        counts: &mut [u32],
+    ) -> Edit {
+        match decision {
+            Some(d) => match d.action {
+                Action::Allow => Edit::Keep,
+                Action::Drop => {
+                    counts[d.kind] += 1;
+                    Edit::Drop
+                }
+                action => {
+                    counts[d.kind] += 1;
+                    Edit::Replace(self.replacement(d.kind, action, value))
+                }
+            },
+            None => self.redact_text_or_json(value, counts),
+        }
+    }
+
+    fn redact_text_or_json(&self, value: &str, counts: &mut [u32]) -> Edit {
+        let looks_like_json = matches!(value.trim_start().as_bytes().first(), Some(b'{' | b'['));
+        let key_rule_may_apply = match &self.key_literals {
+            Some(ac) => ac.is_match(value),
+            None => true,
+        };
+        if looks_like_json && key_rule_may_apply {
+            if let Ok(mut json) = serde_json::from_str::<serde_json::Value>(value) {
+                return if self.redact_json(&mut json, counts) {
+                    Edit::Replace(json.to_string())
+                } else {
+                    Edit::Keep
+                };
+            }
+        }
+        self.scan(value, counts, None)
+    }
+
+    /// Walks a JSON value: key rules on object keys, detectors on keys, strings and numbers.
+    /// Returns whether anything changed.
+    fn redact_json(&self, json: &mut serde_json::Value, counts: &mut [u32]) -> bool {
+        use serde_json::Value;
+        match json {
+            Value::String(s) => match self.scan(s, counts, None) {
+                Edit::Keep => false,
+                Edit::Replace(r) => {
+                    *s = r;
+                    true
+                }
+                Edit::Drop => {
+                    *json = Value::Null;
+                    true
+                }
+            },
+            Value::Number(n) => {
+                let text = n.to_string();
+                match self.scan(&text, counts, None) {
+                    Edit::Keep => false,
+                    Edit::Replace(r) => {
+                        *json = Value::String(r);
+                        true
+                    }
+                    Edit::Drop => {
+                        *json = Value::Null;
+                        true
+                    }
+                }
+            }
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.redact_json(item, counts);
+                }
+                changed
+            }
+            Value::Object(map) => {
+                let mut changed = false;
+                let entries = std::mem::take(map);
+                for (key, mut value) in entries {
+                    let new_key = match self.scan(&key, counts, None) {
+                        Edit::Keep => key.clone(),
+                        Edit::Replace(r) => {
+                            changed = true;
+                            r
+                        }
+                        Edit::Drop => {
+                            changed = true;
+                            continue;
+                        }
+                    };
+                    match self.key_rule(&key) {
+                        Some(d) if d.action == Action::Allow => {}
+                        Some(d) if d.action == Action::Drop => {
+                            counts[d.kind] += 1;
+                            changed = true;
+                            continue;
+                        }
+                        Some(d) => {
+                            counts[d.kind] += 1;
+                            let text = match &value {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            value = Value::String(self.replacement(d.kind, d.action, &text));
+                            changed = true;
+                        }
+                        None => changed |= self.redact_json(&mut value, counts),
+                    }
+                    map.insert(new_key, value);
+                }
+                changed
+            }
+            Value::Null | Value::Bool(_) => false,
+        }
+    }
+
+    /// The redacted copy of a batch of span-table rows, with the `redactions` summary column
+    /// filled, and the totals by kind. Columns that nothing matched are shared, not copied.
+    pub fn redact_batch(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(RecordBatch, RedactionTotals), ArrowError> {
+        let rows = batch.num_rows();
+        let kinds = self.kinds.len();
+        let mut counts = vec![0u32; rows * kinds];
+        let schema = batch.schema();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let mut key_cache: FxHashMap<String, KeyInfo> = FxHashMap::default();
+
+        for (i, field) in schema.fields().iter().enumerate() {
+            let name = field.name().as_str();
+            let column = &batch.columns()[i];
+            let replaced = match name {
+                col::TRACE_ID
+                | col::SPAN_ID
+                | col::PARENT_SPAN_ID
+                | col::KIND
+                | col::STATUS_CODE
+                | col::SIDE_EFFECT
+                | col::OUTCOME
+                | col::PRICE_VERSION
+                | col::DATE
+                | col::HOUR
+                | col::REDACTIONS => None,
+                col::ATTRIBUTES | col::RESOURCE_ATTRIBUTES | col::SCOPE_ATTRIBUTES => {
+                    self.redact_map(column, &mut counts, &mut key_cache)?
+                }
+                _ if field.data_type() == &arrow::datatypes::DataType::Utf8 => {
+                    let rule = self
+                        .column_keys
+                        .iter()
+                        .find(|(c, _)| *c == name)
+                        .and_then(|(_, keys)| keys.iter().find_map(|k| self.key_rule(k)))
+                        .filter(|d| d.action != Action::Allow);
+                    let force = (name == col::RUN_ID).then_some(Action::Hash);
+                    let json = matches!(name, col::EVENTS | col::LINKS);
+                    self.redact_strings(column, field.is_nullable(), rule, force, json, &mut counts)
+                }
+                _ => None,
+            };
+            if let Some(array) = replaced {
+                columns[i] = array;
+            }
+        }
+
+        // The per-span summary, and the batch totals.
+        let mut totals = vec![0u64; kinds];
+        let mut summary = MapBuilder::new(
+            Some(MapFieldNames {
+                entry: "key_value".into(),
+                key: "key".into(),
+                value: "value".into(),
+            }),
+            StringBuilder::new(),
+            Int32Builder::new(),
+        );
+        for row in 0..rows {
+            for (kind, &n) in counts[row * kinds..(row + 1) * kinds].iter().enumerate() {
+                if n > 0 {
+                    summary.keys().append_value(&self.kinds[kind]);
+                    summary.values().append_value(n as i32);
+                    totals[kind] += n as u64;
+                }
+            }
+            summary.append(true)?;
+        }
+        let summary: ArrayRef = Arc::new(summary.finish());
+        let i = schema.index_of(col::REDACTIONS)?;
+        columns[i] = arrow::compute::cast(&summary, schema.field(i).data_type())?;
+        let by_kind = totals
+            .into_iter()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (self.kinds[k].clone(), n))
+            .collect();
+        Ok((
+            RecordBatch::try_new(schema, columns)?,
+            RedactionTotals { by_kind },
+        ))
+    }
+
+    /// A string column: a key rule for the whole column (derived from a denied key), else
+    /// the detectors on each value. `None` when nothing changed.
+    fn redact_strings(
+        &self,
+        column: &ArrayRef,
+        nullable: bool,
+        rule: Option<&KeyDecision>,
+        force: Option<Action>,
+        json: bool,
+        counts: &mut [u32],
+    ) -> Option<ArrayRef> {
+        let strings = column.as_string::<i32>();
+        let kinds = self.kinds.len();
+        let mut edits: Vec<(usize, Option<String>)> = Vec::new();
+        for (row, value) in strings.iter().enumerate() {
+            let Some(value) = value else { continue };
+            let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
+            let edit = match rule {
+                Some(d) => {
+                    row_counts[d.kind] += 1;
+                    if d.action == Action::Drop {
+                        Edit::Drop
+                    } else {
+                        Edit::Replace(self.replacement(d.kind, d.action, value))
+                    }
+                }
+                None if json => self.redact_text_or_json(value, row_counts),
+                None => self.scan(value, row_counts, force),
+            };
+            match edit {
+                Edit::Keep => {}
+                Edit::Replace(s) => edits.push((row, Some(s))),
+                Edit::Drop if nullable => edits.push((row, None)),
+                Edit::Drop => edits.push((row, Some("<REDACTED>".to_string()))),
+            }
+        }
+        if edits.is_empty() {
+            return None;
+        }
+        let mut builder = StringBuilder::with_capacity(strings.len(), strings.values().len());
+        let mut next = edits.iter().peekable();
+        for (row, value) in strings.iter().enumerate() {
+            match next.peek() {
+                Some((r, edit)) if *r == row => {
+                    builder.append_option(edit.as_deref());
+                    next.next();
+                }
+                _ => builder.append_option(value),
+            }
+        }
+        Some(Arc::new(builder.finish()))
+    }
+
+    /// An attribute map: key rules by key (decided once per distinct key in the batch), else
+    /// detectors on the value. Entries whose action is drop are removed; a key that itself
+    /// holds something a detector finds is redacted too.
+    fn redact_map(
+        &self,
+        column: &ArrayRef,
+        counts: &mut [u32],
+        cache: &mut FxHashMap<String, KeyInfo>,
+    ) -> Result<Option<ArrayRef>, ArrowError> {
+        let map = column.as_map();
+        let keys = map.keys().as_string::<i32>();
+        let values = map.values().as_string::<i32>();
+        let offsets = map.value_offsets();
+        let kinds = self.kinds.len();
+        // (entry, new key if changed, new value: None = drop, Some(None) = unchanged).
+        let mut edits: Vec<(usize, Option<String>, Option<Option<String>>)> = Vec::new();
+        for row in 0..map.len() {
+            let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
+            for entry in offsets[row] as usize..offsets[row + 1] as usize {
+                let key = keys.value(entry);
+                if !cache.contains_key(key) {
+                    let info = self.key_info(key);
+                    cache.insert(key.to_string(), info);
+                }
+                let info = &cache[key];
+                for &kind in &info.key_kinds {
+                    row_counts[kind] += 1;
+                }
+                let decision = info.rule.map(|i| &self.key_decisions[i]);
+                let edit = if values.is_null(entry) {
+                    Edit::Keep
+                } else {
+                    self.redact_value(decision, values.value(entry), row_counts)
+                };
+                let new_value = match edit {
+                    Edit::Keep => Some(None),
+                    Edit::Replace(s) => Some(Some(s)),
+                    Edit::Drop => None,
+                };
+                if info.redacted_key.is_some() || !matches!(new_value, Some(None)) {
+                    edits.push((entry, info.redacted_key.clone(), new_value));
+                }
+            }
+        }
+        if edits.is_empty() {
+            return Ok(None);
+        }
+        let mut builder = MapBuilder::new(
+            Some(MapFieldNames {
+                entry: "key_value".into(),
+                key: "key".into(),
+                value: "value".into(),
+            }),
+            StringBuilder::with_capacity(keys.len(), keys.values().len()),
+            StringBuilder::with_capacity(values.len(), values.values().len()),
+        );
+        let mut next = edits.iter().peekable();
+        for row in 0..map.len() {
+            for entry in offsets[row] as usize..offsets[row + 1] as usize {
+                let original = (!values.is_null(entry)).then(|| values.value(entry));
+                let (key, value) = match next.peek() {
+                    Some((e, new_key, new_value)) if *e == entry => {
+                        next.next();
+                        let Some(new_value) = new_value else { continue };
+                        (
+                            new_key.as_deref().unwrap_or(keys.value(entry)),
+                            new_value.as_deref().or(original),
+                        )
+                    }
+                    _ => (keys.value(entry), original),
+                };
+                builder.keys().append_value(key);
+                builder.values().append_option(value);
+            }
+            builder.append(!map.is_null(row))?;
+        }
+        let built: MapArray = builder.finish();
+        // Keep the exact field definitions (nullability) of the table's schema.
+        let array = arrow::compute::cast(&built, column.data_type())?;
+        Ok(Some(array))
+    }
+
+    fn key_info(&self, key: &str) -> KeyInfo {
+        let mut matches = self.key_globs.matches(key);
+        matches.sort_unstable();
+        let mut kind_counts = vec![0u32; self.kinds.len()];
+        let redacted_key = match self.scan(key, &mut kind_counts, None) {
+            Edit::Keep => None,
+            Edit::Replace(s) => Some(s),
+            Edit::Drop => Some("<REDACTED>".to_string()),
+        };
+        let key_kinds = kind_counts
+            .iter()
+            .enumerate()
+            .flat_map(|(kind, &n)| std::iter::repeat_n(kind, n as usize))
+            .collect();
+        KeyInfo {
+            rule: matches.first().copied(),
+            redacted_key,
+            key_kinds,
+        }
+    }
+}
+
+/// What the redactor decided about one attribute key, cached per batch: keys repeat on
+/// every span.
+struct KeyInfo {
+    rule: Option<usize>,
+    redacted_key: Option<String>,
+    /// Kinds found in the key itself, once per finding.
+    key_kinds: Vec<usize>,
+}
+
+fn memchr_backslash(text: &str) -> bool {
+    text.as_bytes().contains(&b'\\')
+}
+
+/// `text` with the letter of each JSON escape (`\n`, `\t`, `\r`, `\b`, `\f`, `\/`) and the
+/// hex digits of `\uXXXX` replaced by spaces: same length, same char boundaries.
+fn blank_escapes(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match bytes[i + 1] {
+            b'n' | b't' | b'r' | b'b' | b'f' | b'/' => bytes[i + 1] = b' ',
+            b'u' if i + 6 <= bytes.len()
+                && bytes[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
+            {
+                bytes[i + 1..i + 6].fill(b' ');
+                i += 4;
+            }
+            _ => {}
+        }
+        i += 2;
+    }
+    // Only ASCII bytes were replaced by ASCII bytes.
+    String::from_utf8(bytes).expect("still UTF-8")
+}
+
+fn next_char(text: &str, at: usize) -> usize {
+    ceil_char(text, at + 1)
+}
+
+fn ceil_char(text: &str, mut at: usize) -> usize {
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The longest run of literal characters in a glob, lower case: `*api_key*` -> `api_key`.
+fn longest_literal(glob: &str) -> String {
+    glob.split(['*', '?', '[', ']', '{', '}', ','])
+        .max_by_key(|s| s.len())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests;

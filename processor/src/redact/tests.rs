@@ -1,0 +1,800 @@
+use super::*;
+use crate::{Normalizer, ProcessorConfig};
+use arrow::array::Array;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value::Value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn redactor() -> Redactor {
+    Redactor::new(&RedactionConfig::default(), &[], b"test key").unwrap()
+}
+
+fn redact(r: &Redactor, text: &str) -> String {
+    let mut counts = vec![0; r.kinds().len()];
+    r.redact_str(text, &mut counts).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Generators of personal data and secrets, in the many shapes they take in real traffic.
+// Each returns (the text as it appears, the part that must never reach the redacted tier).
+
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
+    &items[rng.random_range(0..items.len())]
+}
+
+fn chars(rng: &mut ChaCha8Rng, alphabet: &[u8], n: usize) -> String {
+    (0..n)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+fn digits(rng: &mut ChaCha8Rng, n: usize) -> String {
+    chars(rng, b"0123456789", n)
+}
+
+fn email(rng: &mut ChaCha8Rng) -> (String, String) {
+    let first = pick(
+        rng,
+        &[
+            "jane",
+            "o.brien",
+            "li.wei",
+            "maria-jose",
+            "x",
+            "ADMIN",
+            "kim_lee",
+        ],
+    );
+    let tag = if rng.random_bool(0.3) { "+billing" } else { "" };
+    let domain = pick(
+        rng,
+        &[
+            "example.com",
+            "mail.example.co.uk",
+            "corp-1.io",
+            "EXAMPLE.ORG",
+            "uni.ac.jp",
+        ],
+    );
+    let e = format!("{first}{tag}{}@{domain}", rng.random_range(0..1000));
+    (e.clone(), e)
+}
+
+fn phone(rng: &mut ChaCha8Rng) -> (String, String) {
+    let p = match rng.random_range(0..9) {
+        0 => format!(
+            "+1 ({}) {}-{}",
+            200 + rng.random_range(0..800),
+            200 + rng.random_range(0..800),
+            digits(rng, 4)
+        ),
+        1 => format!("+44 20 {} {}", digits(rng, 4), digits(rng, 4)),
+        2 => format!("+49-30-{}", digits(rng, 7)),
+        3 => format!(
+            "+33 1 {} {} {} {}",
+            digits(rng, 2),
+            digits(rng, 2),
+            digits(rng, 2),
+            digits(rng, 2)
+        ),
+        4 => format!("+81 3-{}-{}", digits(rng, 4), digits(rng, 4)),
+        5 => format!("+86{}", digits(rng, 11)),
+        6 => format!(
+            "({}) {}-{}",
+            200 + rng.random_range(0..800),
+            200 + rng.random_range(0..800),
+            digits(rng, 4)
+        ),
+        7 => format!(
+            "{}.{}.{}",
+            200 + rng.random_range(0..800),
+            200 + rng.random_range(0..800),
+            digits(rng, 4)
+        ),
+        _ => format!("+91 {} {}", digits(rng, 5), digits(rng, 5)),
+    };
+    (p.clone(), p)
+}
+
+fn luhn_complete(prefix: &str, len: usize, rng: &mut ChaCha8Rng) -> String {
+    let mut number = format!("{prefix}{}", digits(rng, len - prefix.len() - 1));
+    for check in 0..10 {
+        let candidate = format!("{number}{check}");
+        let d: Vec<u8> = candidate.bytes().map(|b| b - b'0').collect();
+        if detectors::luhn(&d) {
+            number = candidate;
+            break;
+        }
+    }
+    number
+}
+
+fn card(rng: &mut ChaCha8Rng) -> (String, String) {
+    let (prefix, len) = *pick(
+        rng,
+        &[
+            ("4", 16),
+            ("4", 13),
+            ("4", 19),
+            ("51", 16),
+            ("55", 16),
+            ("2221", 16),
+            ("2720", 16),
+            ("34", 15),
+            ("37", 15),
+            ("6011", 16),
+            ("65", 16),
+            ("3530", 16),
+            ("36", 14),
+        ],
+    );
+    let number = luhn_complete(prefix, len, rng);
+    let shown = match rng.random_range(0..3) {
+        0 => number.clone(),
+        sep => {
+            let sep = if sep == 1 { " " } else { "-" };
+            number
+                .as_bytes()
+                .chunks(4)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join(sep)
+        }
+    };
+    (shown.clone(), shown)
+}
+
+fn iban(rng: &mut ChaCha8Rng) -> (String, String) {
+    let (country, bban) = match rng.random_range(0..4) {
+        0 => ("DE", digits(rng, 18)),
+        1 => (
+            "GB",
+            format!(
+                "{}{}",
+                chars(rng, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", 4),
+                digits(rng, 14)
+            ),
+        ),
+        2 => ("FR", digits(rng, 23)),
+        _ => (
+            "NL",
+            format!(
+                "{}{}",
+                chars(rng, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", 4),
+                digits(rng, 10)
+            ),
+        ),
+    };
+    let rearranged = format!("{bban}{country}00");
+    let mut remainder = 0u32;
+    for b in rearranged.bytes() {
+        let v = if b.is_ascii_digit() {
+            (b - b'0') as u32
+        } else {
+            (b - b'A') as u32 + 10
+        };
+        remainder = if v >= 10 {
+            (remainder * 100 + v) % 97
+        } else {
+            (remainder * 10 + v) % 97
+        };
+    }
+    let compact = format!("{country}{:02}{bban}", 98 - remainder);
+    let shown = if rng.random_bool(0.5) {
+        compact
+    } else {
+        compact
+            .as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (shown.clone(), shown)
+}
+
+fn ssn(rng: &mut ChaCha8Rng) -> (String, String) {
+    let area = loop {
+        let a = rng.random_range(1..900);
+        if a != 666 {
+            break a;
+        }
+    };
+    let sep = if rng.random_bool(0.8) { "-" } else { " " };
+    let s = format!(
+        "{area:03}{sep}{:02}{sep}{:04}",
+        rng.random_range(1..100),
+        rng.random_range(1..10000)
+    );
+    (s.clone(), s)
+}
+
+fn ip(rng: &mut ChaCha8Rng) -> (String, String) {
+    let s = match rng.random_range(0..3) {
+        0 => format!(
+            "{}.{}.{}.{}",
+            rng.random_range(1..224),
+            rng.random_range(0..256),
+            rng.random_range(0..256),
+            rng.random_range(1..255)
+        ),
+        1 => {
+            let groups: Vec<String> = (0..8)
+                .map(|_| format!("{:x}", rng.random_range(0..0x10000)))
+                .collect();
+            groups.join(":")
+        }
+        _ => format!(
+            "2001:db8::{:x}:{}",
+            rng.random_range(1..0xffff),
+            rng.random_range(1..99)
+        ),
+    };
+    (s.clone(), s)
+}
+
+fn b64url(rng: &mut ChaCha8Rng, n: usize) -> String {
+    chars(
+        rng,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+        n,
+    )
+}
+
+fn secret(rng: &mut ChaCha8Rng) -> (String, String) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    match rng.random_range(0..14) {
+        0 => {
+            let header = b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+            let payload = b64.encode(format!(
+                r#"{{"sub":"{}","exp":{}}}"#,
+                digits(rng, 6),
+                digits(rng, 10)
+            ));
+            let t = format!("{header}.{payload}.{}", b64url(rng, 43));
+            (t.clone(), t)
+        }
+        1 => {
+            let token = b64url(rng, 40);
+            (format!("Authorization: Bearer {token}"), token)
+        }
+        2 => {
+            let kind = pick(rng, &["RSA ", "EC ", "OPENSSH ", ""]);
+            let body: Vec<String> = (0..4)
+                .map(|_| {
+                    chars(
+                        rng,
+                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+                        64,
+                    )
+                })
+                .collect();
+            let nl = if rng.random_bool(0.5) { "\n" } else { "\\n" };
+            let block = format!(
+                "-----BEGIN {kind}PRIVATE KEY-----{nl}{}{nl}-----END {kind}PRIVATE KEY-----",
+                body.join(nl)
+            );
+            (block, body[1].clone())
+        }
+        3 => {
+            let k = format!(
+                "{}{}",
+                pick(rng, &["AKIA", "ASIA"]),
+                chars(rng, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
+            );
+            (k.clone(), k)
+        }
+        4 => {
+            let k = format!("sk-{}", chars(rng, ALNUM, 48));
+            (k.clone(), k)
+        }
+        5 => {
+            let k = format!("sk-proj-{}", b64url(rng, 64));
+            (k.clone(), k)
+        }
+        6 => {
+            let k = format!("sk-ant-api03-{}", b64url(rng, 93));
+            (k.clone(), k)
+        }
+        7 => {
+            let k = format!(
+                "{}_{}",
+                pick(rng, &["ghp", "gho", "ghs", "ghu"]),
+                chars(rng, ALNUM, 36)
+            );
+            (k.clone(), k)
+        }
+        8 => {
+            let k = format!("github_pat_{}", chars(rng, ALNUM, 82));
+            (k.clone(), k)
+        }
+        9 => {
+            let k = format!(
+                "xoxb-{}-{}-{}",
+                digits(rng, 12),
+                digits(rng, 13),
+                chars(rng, ALNUM, 24)
+            );
+            (k.clone(), k)
+        }
+        10 => {
+            let v = format!(
+                "{}{}",
+                pick(rng, &["hunter", "Winter", "s3cr3t", "correct-horse"]),
+                digits(rng, 3)
+            );
+            let form = pick(
+                rng,
+                &[
+                    "password={v}",
+                    "\"password\": \"{v}\"",
+                    "db_passwd: {v}",
+                    "{\\\"api_key\\\":\\\"{v}\\\"}",
+                    "client_secret = '{v}'",
+                    "PASSWORD:{v}",
+                ],
+            );
+            (form.replace("{v}", &v), v)
+        }
+        11 => {
+            let v = chars(rng, ALNUM, 32);
+            let form = pick(
+                rng,
+                &[
+                    "my api key is {v}",
+                    "the secret for staging: {v}",
+                    "use token {v} for the call",
+                ],
+            );
+            (form.replace("{v}", &v), v)
+        }
+        12 => {
+            let k = format!("AIza{}", b64url(rng, 35));
+            (k.clone(), k)
+        }
+        _ => {
+            let k = format!("sk_live_{}", chars(rng, ALNUM, 24));
+            (k.clone(), k)
+        }
+    }
+}
+
+type Gen = fn(&mut ChaCha8Rng) -> (String, String);
+const GENERATORS: &[Gen] = &[email, phone, card, iban, ssn, ip, secret];
+
+const WORDS: &[&str] = &[
+    "please",
+    "refund",
+    "the",
+    "order",
+    "for",
+    "customer",
+    "at",
+    "call",
+    "me",
+    "on",
+    "reached",
+    "via",
+    "and",
+    "2024",
+    "42",
+    "tokens",
+    "model",
+    "gpt-4o-mini",
+    "v1.2.3",
+    "—",
+    "é",
+    "naïve",
+    "(see",
+    "ticket)",
+    "#123",
+    "ok.",
+    "total:",
+    "$19.99",
+    "2024-07-18T10:32:11Z",
+];
+
+fn embed(rng: &mut ChaCha8Rng, sensitive: &str) -> String {
+    let mut words: Vec<String> = (0..rng.random_range(0..6))
+        .map(|_| pick(rng, WORDS).to_string())
+        .collect();
+    let left = pick(rng, &[" ", ": ", " (", " \"", "\n", "<", "="]);
+    let right = pick(rng, &[" ", ").", "\" ", "\n", ">", ", ", ";"]);
+    let at = rng.random_range(0..=words.len());
+    words.insert(at, format!("{left}{sensitive}{right}"));
+    words.join(" ")
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn sv(text: &str) -> Value {
+    Value::StringValue(text.to_string())
+}
+
+/// A request whose every string field carries `texts` (cycled): span name, status message,
+/// attributes (plain, array, key-value list, JSON inside a string, content attributes), event
+/// names and attributes, link attributes, resource and scope attributes.
+fn request_carrying(texts: &[String]) -> ExportTraceServiceRequest {
+    let t = |i: usize| texts[i % texts.len()].clone();
+    let span = Span {
+        trace_id: vec![7; 16],
+        span_id: vec![1; 8],
+        name: t(0),
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        end_time_unix_nano: 1_700_000_001_000_000_000,
+        status: Some(Status {
+            message: t(1),
+            code: 2,
+        }),
+        attributes: vec![
+            kv("note", sv(&t(2))),
+            kv("tags", Value::ArrayValue(ArrayValue {
+                values: vec![AnyValue { value: Some(sv(&t(3))) }, AnyValue { value: Some(sv(&t(4))) }],
+            })),
+            kv("request", Value::KvlistValue(KeyValueList {
+                values: vec![kv("body", sv(&t(5))), kv("nested", Value::KvlistValue(KeyValueList { values: vec![kv("deep", sv(&t(6)))] }))],
+            })),
+            kv("gen_ai.input.messages", sv(&serde_json::json!([{"role": "user", "parts": [{"type": "text", "content": t(7)}]}]).to_string())),
+            kv("gen_ai.tool.call.arguments", sv(&serde_json::json!({"query": t(8), "limit": 5}).to_string())),
+            kv("gen_ai.conversation.id", sv(&t(9))),
+            kv("runledger.action.ref", sv(&t(10))),
+            kv("gen_ai.agent.name", sv(&t(11))),
+        ],
+        events: vec![Event {
+            name: t(12),
+            time_unix_nano: 1_700_000_000_500_000_000,
+            attributes: vec![kv("exception.message", sv(&t(13)))],
+            ..Default::default()
+        }],
+        links: vec![Link {
+            trace_id: vec![8; 16],
+            span_id: vec![2; 8],
+            attributes: vec![kv("reason", sv(&t(14)))],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", sv(&t(15))), kv("host.owner", sv(&t(16)))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: t(17),
+                    version: t(18),
+                    attributes: vec![kv("scope.note", sv(&t(19)))],
+                    ..Default::default()
+                }),
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Every string a batch holds, column by column, map keys and values included.
+fn all_text(batch: &RecordBatch) -> String {
+    let mut out = String::new();
+    for column in batch.columns() {
+        if matches!(
+            column.data_type(),
+            arrow::datatypes::DataType::Timestamp(..)
+        ) {
+            continue;
+        }
+        let formatted = arrow::util::display::ArrayFormatter::try_new(
+            column.as_ref(),
+            &arrow::util::display::FormatOptions::default(),
+        )
+        .unwrap();
+        for row in 0..column.len() {
+            out.push_str(&formatted.value(row).to_string());
+            out.push('\n');
+        }
+    }
+    // The formatter escapes nothing, but JSON columns hold escaped text: unescape it too.
+    let unescaped = out
+        .replace("\\n", "\n")
+        .replace("\\\"", "\"")
+        .replace("\\\\", "\\");
+    out.push_str(&unescaped);
+    out
+}
+
+fn normalized(request: &ExportTraceServiceRequest) -> RecordBatch {
+    Normalizer::new(&ProcessorConfig::default())
+        .unwrap()
+        .normalize(request, std::time::SystemTime::UNIX_EPOCH)
+        .batch
+        .expect("one span")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Personal data and secrets of every kind, in many formats, embedded in random text and
+    /// placed in every field: none of them survives in the redacted batch, all of them are in
+    /// the raw one.
+    #[test]
+    fn nothing_sensitive_reaches_the_redacted_tier(seed in any::<u64>()) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let samples: Vec<(String, String)> = (0..20)
+            .map(|_| pick(&mut rng, GENERATORS)(&mut rng))
+            .collect();
+        let texts: Vec<String> = samples.iter().map(|(s, _)| embed(&mut rng, s)).collect();
+        let raw = normalized(&request_carrying(&texts));
+        let (redacted, totals) = redactor().redact_batch(&raw).unwrap();
+        let raw_text = all_text(&raw);
+        let redacted_text = all_text(&redacted);
+        for (shown, core) in &samples {
+            let escaped = serde_json::to_string(shown).unwrap();
+            let escaped = &escaped[1..escaped.len() - 1];
+            prop_assert!(raw_text.contains(shown.as_str()) || raw_text.contains(escaped),
+                "raw tier lost {shown:?}");
+            if redacted_text.contains(core.as_str()) {
+                let line = redacted_text.lines().find(|l| l.contains(core.as_str())).unwrap_or("");
+                prop_assert!(false, "redacted tier holds {core:?} (from {shown:?}) in {line:?}");
+            }
+        }
+        prop_assert!(!totals.by_kind.is_empty());
+    }
+}
+
+#[test]
+fn each_kind_is_masked_with_its_name() {
+    let r = redactor();
+    let cases = [
+        (
+            "write to jane.doe@example.com today",
+            "write to <EMAIL:",
+            "email hashed",
+        ),
+        (
+            "card 4111 1111 1111 1111 please",
+            "card <PAYMENT_CARD> please",
+            "",
+        ),
+        ("IBAN DE89 3704 0044 0532 0130 00.", "IBAN <IBAN>.", ""),
+        ("ssn 123-45-6789", "ssn <SSN>", ""),
+        ("call +44 20 7946 0958 now", "call <PHONE> now", ""),
+        ("from 192.168.1.20:8080", "from <IPV4>:8080", ""),
+        ("from fe80::1ff:fe23:4567:890a", "from <IPV6>", ""),
+        (
+            "Authorization: Bearer abcdef0123456789",
+            "Authorization: Bearer <BEARER_TOKEN>",
+            "",
+        ),
+        ("key AKIAIOSFODNN7EXAMPLE", "key <AWS_ACCESS_KEY>", ""),
+        ("password=hunter22", "password=<SECRET>", ""),
+    ];
+    for (input, expected_prefix, _) in cases {
+        let out = redact(&r, input);
+        assert!(out.starts_with(expected_prefix), "{input:?} -> {out:?}");
+    }
+}
+
+#[test]
+fn invalid_checksums_and_reserved_numbers_are_not_redacted() {
+    let r = redactor();
+    for text in [
+        "card 4111 1111 1111 1112",         // Luhn fails
+        "IBAN DE89 3704 0044 0532 0130 01", // mod-97 fails
+        "ssn 000-12-3456",
+        "ssn 666-12-3456",
+        "ssn 900-12-3456",
+        "ssn 123-00-4567",
+        "ssn 123-45-0000",
+    ] {
+        assert_eq!(redact(&r, text), text);
+    }
+}
+
+/// What agent traffic is full of and must stay readable and joinable.
+#[test]
+fn look_alikes_stay_intact() {
+    let r = redactor();
+    for text in [
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "run 9b2c1f0e-7a3d-4c5b-8e6f-1a2b3c4d5e6f finished",
+        "2024-07-18T10:32:11.123456Z",
+        "2024-07-18 10:32:11",
+        "1732406400",
+        "1732406400123",
+        "1732406400123456789",
+        "input_tokens=1532 output_tokens=211 cache_read_tokens=1024",
+        "max_tokens: 4096",
+        "gpt-4o-mini-2024-07-18",
+        "claude-3-5-sonnet-20241022",
+        "claude-sonnet-4-5@20250929",
+        "meta-llama/Llama-3.1-405B-Instruct-Turbo",
+        "gemini-1.5-pro-002",
+        "mistral-large-2411",
+        "version 1.2.3 and 10.0.22631",
+        "took 1234 ms, 12.5 s, cost $0.0042",
+        "The customer asked why the refund for order 88231 took three days; I explained the policy.",
+        "Tokenization uses a secret sauce of heuristics; the password policy requires 12 characters.",
+        "std::collections::HashMap",
+        "10:32:11",
+        "ticket INC-20240718-0042",
+        "refund re_3NkQ2bLs8d7f6g5h",
+    ] {
+        assert_eq!(redact(&r, text), text, "a false positive");
+    }
+}
+
+#[test]
+fn keyed_hashes_are_stable_and_keyed() {
+    let a = redactor();
+    let b = redactor();
+    let other = Redactor::new(&RedactionConfig::default(), &[], b"another key").unwrap();
+    let one = redact(&a, "mail jane@example.com");
+    assert_eq!(
+        one,
+        redact(&b, "mail jane@example.com"),
+        "same key, same token"
+    );
+    assert_ne!(
+        one,
+        redact(&a, "mail john@example.com"),
+        "other value, other token"
+    );
+    assert_ne!(
+        one,
+        redact(&other, "mail jane@example.com"),
+        "other key, other token"
+    );
+    // Never an unsalted digest of the value.
+    use sha2::Digest as _;
+    let plain = hex::encode(sha2::Sha256::digest(b"jane@example.com"));
+    assert!(!one.contains(&plain[..HASH_HEX_CHARS]));
+    // The column and the attribute of a customer id carry the same token, which erase finds.
+    let request = request_carrying(&["x".to_string()]);
+    let mut request = request;
+    request.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(kv("user.id", sv("cust-42")));
+    let (batch, _) = a.redact_batch(&normalized(&request)).unwrap();
+    let customer = batch
+        .column_by_name(col::CUSTOMER_ID)
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
+    assert_eq!(customer, a.hash_token("customer_id", "cust-42"));
+    assert!(all_text(&batch).contains(&format!("user.id: {customer}")));
+}
+
+#[test]
+fn actions_key_rules_and_custom_rules_from_config() {
+    let config: RedactionConfig = toml::from_str(
+        r#"
+        actions = { email = "mask", ipv4 = "allow", phone = "drop" }
+        [[rules]]
+        name = "employee_id"
+        pattern = "EMP-[0-9]{6}"
+        [[rules]]
+        name = "contract"
+        pattern = "CT/[0-9]{4}/[A-Z]{2}"
+        action = "hash"
+        [[keys]]
+        pattern = "internal.*"
+        action = "drop"
+        [[keys]]
+        pattern = "debug.ip"
+        action = "allow"
+        [[keys]]
+        pattern = "x-tenant"
+        action = "hash"
+        kind = "tenant"
+        "#,
+    )
+    .unwrap();
+    let r = Redactor::new(&config, &[], b"k").unwrap();
+    assert_eq!(redact(&r, "to a@b.co"), "to <EMAIL>");
+    assert_eq!(redact(&r, "host 10.0.0.1"), "host 10.0.0.1");
+    assert_eq!(redact(&r, "by EMP-123456"), "by <EMPLOYEE_ID>");
+    assert!(redact(&r, "see CT/2024/AB").starts_with("see <CONTRACT:"));
+
+    let mut request = request_carrying(&["plain".to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    attrs.push(kv("internal.note", sv("anything")));
+    attrs.push(kv("debug.ip", sv("call +44 20 7946 0958")));
+    attrs.push(kv("phone.note", sv("call +44 20 7946 0958")));
+    attrs.push(kv("x-tenant", sv("acme")));
+    attrs.push(kv("db.password", sv("plain words")));
+    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
+    let text = all_text(&batch);
+    assert!(!text.contains("internal.note"), "dropped by key rule");
+    assert!(
+        text.contains("debug.ip: call +44 20 7946 0958"),
+        "allowed by key rule"
+    );
+    assert!(
+        !text.contains("phone.note"),
+        "drop action of a detector removes the attribute"
+    );
+    assert!(text.contains("x-tenant: <TENANT:"));
+    assert!(text.contains("db.password: <SECRET>"), "default key rule");
+}
+
+#[test]
+fn key_rules_apply_inside_json_values() {
+    let r = redactor();
+    let mut request = request_carrying(&["plain".to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    attrs.push(kv(
+        "gen_ai.tool.call.arguments",
+        sv(r#"{"user":"bob","credentials":{"Password":"correct horse battery staple"},"n":1}"#),
+    ));
+    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
+    let text = all_text(&batch);
+    assert!(!text.contains("correct horse"));
+    assert!(text.contains("<SECRET>"));
+}
+
+#[test]
+fn the_summary_counts_kinds_and_names_no_value_or_key() {
+    let r = redactor();
+    let mut request = request_carrying(&["nothing here".to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    attrs.push(kv("contact", sv("a@example.com and b@example.com")));
+    attrs.push(kv("api_key", sv("whatever")));
+    let (batch, totals) = r.redact_batch(&normalized(&request)).unwrap();
+    let summary = batch.column_by_name(col::REDACTIONS).unwrap().as_map();
+    let entries = summary.value(0);
+    let keys = entries.column(0).as_string::<i32>();
+    let values = entries
+        .column(1)
+        .as_primitive::<arrow::datatypes::Int32Type>();
+    let got: Vec<(String, i32)> = (0..keys.len())
+        .map(|i| (keys.value(i).to_string(), values.value(i)))
+        .collect();
+    let mut got = got;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("EMAIL".to_string(), 2), ("SECRET".to_string(), 1)]
+    );
+    let mut total: Vec<(String, u64)> = totals.by_kind.clone();
+    total.sort();
+    assert_eq!(
+        total,
+        vec![("EMAIL".to_string(), 2), ("SECRET".to_string(), 1)]
+    );
+    let text = format!("{:?}", summary);
+    assert!(!text.contains("contact") && !text.contains("api_key") && !text.contains("example"));
+}
+
+#[test]
+fn untouched_columns_are_shared_not_copied() {
+    let r = redactor();
+    let raw = normalized(&request_carrying(&["nothing to see".to_string()]));
+    let (redacted, _) = r.redact_batch(&raw).unwrap();
+    let before = raw.column_by_name(col::NAME).unwrap();
+    let after = redacted.column_by_name(col::NAME).unwrap();
+    assert_eq!(
+        before.to_data().buffers()[1].as_ptr(),
+        after.to_data().buffers()[1].as_ptr()
+    );
+}

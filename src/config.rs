@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use runledger_collector::{CollectorConfig, IngestConfig, WalConfig};
-use runledger_lake::LakeConfig;
-use runledger_processor::ProcessorConfig;
+use runledger_lake::{LakeConfig, MaintenanceConfig, TiersConfig};
+use runledger_processor::{ProcessorConfig, RedactionConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of `runledger serve`.
@@ -24,6 +24,12 @@ pub struct RunledgerConfig {
     pub processor: ProcessorConfig,
     /// Parquet and Delta settings.
     pub lake: LakeConfig,
+    /// Which tiers exist and their TTLs.
+    pub tiers: TiersConfig,
+    /// How the redacted tier is redacted.
+    pub redaction: RedactionConfig,
+    /// Periodic retention and compaction.
+    pub maintenance: MaintenanceConfig,
 }
 
 /// Where runledger listens and keeps its data.
@@ -72,7 +78,28 @@ impl RunledgerConfig {
             .validate()
             .and_then(|()| self.processor.validate())
             .and_then(|()| self.lake.validate())
+            .and_then(|()| self.tiers.validate())
+            .and_then(|()| self.redaction.validate())
+            .and_then(|()| self.maintenance.validate())
             .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Loads `--config FILE` if given, else the defaults, and applies `--data-dir`.
+    pub fn load_or_default(
+        config: Option<&Path>,
+        data_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut loaded = match config {
+            Some(path) => Self::load(path)?,
+            None => Self::default(),
+        };
+        if let Some(dir) = data_dir {
+            loaded.server.data_dir = dir;
+        }
+        if loaded.server.data_dir.as_os_str().is_empty() {
+            loaded.server.data_dir = ServerConfig::default().data_dir;
+        }
+        Ok(loaded)
     }
 
     /// The collector's part.

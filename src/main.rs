@@ -7,6 +7,7 @@
 mod bench;
 mod config;
 mod gen;
+mod maintain;
 mod serve;
 
 use std::process::ExitCode;
@@ -37,9 +38,22 @@ enum Command {
     Gen(gen::GenArgs),
     /// Run a benchmark and print its figures.
     Bench(bench::BenchArgs),
+    /// Delete every hour partition past its tier's TTL, and its files from disk.
+    Retention(maintain::RetentionArgs),
+    /// Erase every span of a customer's runs, or of one run, from every tier and from disk.
+    Erase(maintain::EraseArgs),
+    /// Compact the small files of closed hours, ordered by run, then vacuum after a grace period.
+    Compact(maintain::CompactArgs),
 }
 
 fn main() -> ExitCode {
+    // Everything runledger writes (WAL, raw and redacted tiers, keys) is its owner's alone:
+    // files 0600, directories 0700, from the moment they are created.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNLEDGER_LOG")
@@ -62,6 +76,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Gen(args) => gen::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Retention(args) => maintain::retention(args).await,
+            Command::Erase(args) => maintain::erase(args).await,
+            Command::Compact(args) => maintain::compact(args).await,
         }
     });
     match result {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use runledger_collector::{Collector, CollectorSettings};
-use runledger_schemas::Tier;
 
 use crate::config::RunledgerConfig;
 
@@ -30,16 +29,7 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = match &args.config {
-        Some(path) => RunledgerConfig::load(path)?,
-        None => RunledgerConfig::default(),
-    };
-    if let Some(dir) = args.data_dir {
-        config.server.data_dir = dir;
-    }
-    if config.server.data_dir.as_os_str().is_empty() {
-        config.server.data_dir = crate::config::ServerConfig::default().data_dir;
-    }
+    let mut config = RunledgerConfig::load_or_default(args.config.as_deref(), args.data_dir)?;
     config.server.grpc_addr = args.grpc_addr.unwrap_or(config.server.grpc_addr);
     config.server.http_addr = args.http_addr.unwrap_or(config.server.http_addr);
     config.server.api_addr = args.api_addr.unwrap_or(config.server.api_addr);
@@ -56,7 +46,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         collector: config.collector(),
         processor: config.processor.clone(),
         lake: config.lake.clone(),
-        tiers: vec![Tier::Raw],
+        tiers: config.tiers.enabled(),
+        redaction: config.redaction.clone(),
     })
     .await
     .context("starting the collector")?;
@@ -73,6 +64,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
             .await
     });
+
+    let maintenance = crate::maintain::Periodic::start(&config);
 
     let addrs = collector.addrs();
     // One machine-readable line, then the human one.
@@ -94,6 +87,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let metrics = collector.metrics();
     let _ = stop_api.send(());
+    maintenance.stop().await;
     collector
         .shutdown()
         .await

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use runledger_lake::{sort_for_lake, AppendOutcome, SpanTable};
-use runledger_schemas::span_table_schema;
+use runledger_processor::Redactor;
+use runledger_schemas::{span_table_schema, Tier};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::failpoint;
 use crate::ingest::decode_batches;
 use crate::metrics::CollectorMetrics;
 use crate::wal::{read_segment, SealedSegment};
+use runledger_lake::failpoint;
 
 /// Failed attempts after which a shutting-down flusher leaves the rest on disk for the next
 /// start instead of retrying forever.
@@ -29,6 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) struct Flusher {
     pub(crate) tables: Vec<SpanTable>,
+    /// Present when a table of the redacted tier is among `tables`.
+    pub(crate) redactor: Option<Arc<Redactor>>,
     pub(crate) app_id: String,
     pub(crate) metrics: Arc<CollectorMetrics>,
     pub(crate) shutting_down: Arc<AtomicBool>,
@@ -92,10 +95,33 @@ impl Flusher {
             }
         }
         let sorted = sort_for_lake(&batches).map_err(|e| e.to_string())?;
+        drop(batches);
+        let mut redacted: Option<RecordBatch> = None;
         failpoint::hit("flush.before_commit");
         for (i, table) in self.tables.iter_mut().enumerate() {
+            let batch = match table.tier() {
+                Tier::Raw => sorted.as_ref(),
+                Tier::Redacted => match (&sorted, &self.redactor) {
+                    (None, _) => None,
+                    (Some(sorted), Some(redactor)) => {
+                        let started = Instant::now();
+                        let (batch, totals) = redactor
+                            .redact_batch(sorted)
+                            .map_err(|e| format!("redacting: {e}"))?;
+                        CollectorMetrics::add(
+                            &self.metrics.redact_micros,
+                            started.elapsed().as_micros() as u64,
+                        );
+                        self.metrics.add_redactions(&totals.by_kind);
+                        Some(&*redacted.insert(batch))
+                    }
+                    (Some(_), None) => {
+                        return Err("the redacted tier has no redactor: refusing to write".into())
+                    }
+                },
+            };
             let outcome = table
-                .append(sorted.as_ref(), &self.app_id, segment.seq as i64)
+                .append(batch, &self.app_id, segment.seq as i64)
                 .await
                 .map_err(|e| e.to_string())?;
             if let AppendOutcome::Committed { rows, .. } = outcome {

@@ -24,7 +24,6 @@
 mod budget;
 pub mod config;
 mod error;
-mod failpoint;
 mod flush;
 mod grpc;
 mod http;

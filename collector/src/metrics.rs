@@ -1,7 +1,9 @@
 //! The collector's own counters: what came in, what was accepted or rejected and why, and
 //! how the WAL and the flusher are doing.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Counters shared by the receivers, the WAL and the flusher.
 #[derive(Debug, Default)]
@@ -36,12 +38,27 @@ pub struct CollectorMetrics {
     pub flush_errors: AtomicU64,
     /// Total time spent flushing segments, in microseconds.
     pub flush_micros: AtomicU64,
+    /// Time spent redacting, in microseconds (part of `flush_micros`).
+    pub redact_micros: AtomicU64,
+    /// Values redacted, by kind (`EMAIL`, `SECRET`...).
+    pub redactions: Mutex<BTreeMap<String, u64>>,
 }
 
 impl CollectorMetrics {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds redaction counts by kind.
+    pub fn add_redactions(&self, by_kind: &[(String, u64)]) {
+        if by_kind.is_empty() {
+            return;
+        }
+        let mut redactions = self.redactions.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, n) in by_kind {
+            *redactions.entry(kind.clone()).or_default() += n;
+        }
     }
 
     /// Reads a counter.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use runledger_lake::{LakeConfig, SpanTable};
-use runledger_processor::{Normalizer, ProcessorConfig};
+use runledger_processor::{Normalizer, ProcessorConfig, RedactionConfig, Redactor};
 use runledger_schemas::Tier;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -36,6 +36,8 @@ pub struct CollectorSettings {
     pub lake: LakeConfig,
     /// The tiers every span is written to.
     pub tiers: Vec<Tier>,
+    /// How the redacted tier is redacted.
+    pub redaction: RedactionConfig,
 }
 
 /// The addresses the receivers actually listen on (port 0 binds a free port).
@@ -139,9 +141,29 @@ impl Collector {
             );
         }
 
+        let redactor = if settings.tiers.contains(&Tier::Redacted) {
+            let key = settings
+                .redaction
+                .resolve_hmac_key(&settings.data_dir)
+                .map_err(|source| CollectorError::Io {
+                    context: "reading or creating the HMAC key".into(),
+                    source,
+                })?;
+            let redactor = Redactor::new(
+                &settings.redaction,
+                &settings.processor.customer_id_keys,
+                &key,
+            )
+            .map_err(|e| CollectorError::Config(e.to_string()))?;
+            Some(Arc::new(redactor))
+        } else {
+            None
+        };
+
         let shutting_down = Arc::new(AtomicBool::new(false));
         let flusher = Flusher {
             tables,
+            redactor,
             app_id,
             metrics: metrics.clone(),
             shutting_down: shutting_down.clone(),

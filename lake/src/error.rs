@@ -30,6 +30,15 @@ pub enum LakeError {
         /// Why it is bad.
         reason: String,
     },
+    /// A query over the table failed.
+    #[error("{tier} span table: query: {source}")]
+    Query {
+        /// The tier.
+        tier: Tier,
+        /// The underlying error.
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
     /// A local file-system operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -16,9 +16,14 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod failpoint;
+mod maintenance;
 mod span_table;
+mod tiers;
 
 pub use error::LakeError;
+pub use maintenance::{CompactOutcome, DeleteOutcome, HourPartition, PartitionFiles};
 pub use span_table::{
     sort_for_lake, table_path, writer_properties, AppendOutcome, LakeConfig, SpanTable,
 };
+pub use tiers::{MaintenanceConfig, RawTierConfig, RedactedTierConfig, TiersConfig};

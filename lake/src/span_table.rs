@@ -225,10 +225,32 @@ pub enum AppendOutcome {
 
 /// One tier's span table, open for appends.
 pub struct SpanTable {
-    tier: Tier,
+    pub(crate) tier: Tier,
     path: PathBuf,
-    table: DeltaTable,
-    properties: WriterProperties,
+    pub(crate) table: DeltaTable,
+    pub(crate) properties: WriterProperties,
+}
+
+/// The raw tier's directory is its owner's alone (0700), created so before anything is
+/// written in it; the files in it get 0600 from the process umask that `runledger` sets.
+fn restrict_raw_tier_dir(dir: &Path) -> Result<(), LakeError> {
+    let io = |source| LakeError::Io {
+        context: format!("creating {} with mode 0700", dir.display()),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(io)?;
+    Ok(())
 }
 
 impl std::fmt::Debug for SpanTable {
@@ -250,6 +272,9 @@ impl SpanTable {
         config: &LakeConfig,
     ) -> Result<Self, LakeError> {
         let path = table_path(data_dir, tier);
+        if tier == Tier::Raw {
+            restrict_raw_tier_dir(&data_dir.join(tier.as_str()))?;
+        }
         std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
             context: format!("creating {}", path.display()),
             source,

@@ -134,9 +134,101 @@ async fn ingest(
         "(a) decode-only, one core:        {decode_rate:>12.0} spans/s  ({decode_spans} spans)"
     );
 
+    let redaction = tokio::task::spawn_blocking(move || {
+        redaction_throughput(runs.min(20_000), runs_per_request)
+    })
+    .await??;
+    println!(
+        "(e) redaction, one core:          {:>12.0} spans/s  {:.0} MB/s of string data ({:.0} MB/s of attribute values); normalising the same spans: {:.0} spans/s (ratio {:.2})",
+        redaction.spans_per_s, redaction.mb_per_s, redaction.attr_mb_per_s, redaction.normalize_spans_per_s,
+        redaction.spans_per_s / redaction.normalize_spans_per_s
+    );
+
     let temp = tempfile::tempdir()?;
-    let data_dir = data_dir.unwrap_or_else(|| temp.path().join("data"));
+    let options = IngestRun {
+        runs,
+        concurrency,
+        runs_per_request,
+    };
+    let both = ingest_once(
+        &options,
+        data_dir.unwrap_or_else(|| temp.path().join("data")),
+        "",
+    )
+    .await?;
+    let raw_only = ingest_once(
+        &options,
+        temp.path().join("raw-only"),
+        "[tiers.redacted]\nenabled = false\n",
+    )
+    .await?;
+    let e2e_rate = both.rate;
+    println!(
+        "(b) end to end, gRPC, fsync on, raw + redacted tiers (redaction on): {e2e_rate:>9.0} spans/s  ({} spans; in Parquet at {:.2} s; server CPU {:.2} µs/span; {} overload retries)",
+        both.spans, both.seconds, both.cpu_us_per_span, both.retries
+    );
+    println!(
+        "    end to end, raw tier only (no redaction):                        {:>9.0} spans/s  (server CPU {:.2} µs/span)",
+        raw_only.rate, raw_only.cpu_us_per_span
+    );
+    let redact_us = both.redaction_us as f64 / both.spans as f64;
+    println!(
+        "    redaction in the server: {redact_us:.2} µs/span = {:.1}% of the server's CPU; it adds {:.1}% to the CPU cost of ingest",
+        100.0 * redact_us / both.cpu_us_per_span,
+        100.0 * redact_us / (both.cpu_us_per_span - redact_us)
+    );
+    println!(
+        "(c) end to end / decode-only:     {:>12.3}",
+        e2e_rate / decode_rate
+    );
+    let parquet = parquet_bytes(&both.data_dir.join("raw").join("spans"))?;
+    let otlp_per_span = both.otlp_bytes as f64 / both.spans as f64;
+    let parquet_per_span = parquet as f64 / both.spans as f64;
+    println!(
+        "(d) bytes per span: OTLP protobuf {otlp_per_span:.1}, Parquet {parquet_per_span:.1}: Parquet is 1/{:.1} of OTLP",
+        otlp_per_span / parquet_per_span
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct IngestRun {
+    runs: u64,
+    concurrency: usize,
+    runs_per_request: usize,
+}
+
+struct IngestResult {
+    rate: f64,
+    spans: u64,
+    seconds: f64,
+    retries: u64,
+    otlp_bytes: u64,
+    cpu_us_per_span: f64,
+    redaction_us: u64,
+    data_dir: std::path::PathBuf,
+}
+
+/// CPU time (user + system) of the waited-for children so far.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// One `runledger serve` with `config`, the generator's traffic through it, SIGTERM, and
+/// the figures: spans/s until everything is in Parquet, the server's CPU per span.
+async fn ingest_once(
+    options: &IngestRun,
+    data_dir: std::path::PathBuf,
+    config: &str,
+) -> anyhow::Result<IngestResult> {
+    std::fs::create_dir_all(&data_dir)?;
+    let config_path = data_dir.with_extension("toml");
+    std::fs::write(&config_path, config)?;
     let exe = std::env::current_exe().context("locating the runledger binary")?;
+    let cpu_before = children_cpu_seconds();
     let mut child = std::process::Command::new(exe)
         .args([
             "serve",
@@ -146,8 +238,10 @@ async fn ingest(
             "127.0.0.1:0",
             "--api-addr",
             "127.0.0.1:0",
-            "--data-dir",
+            "--config",
         ])
+        .arg(&config_path)
+        .arg("--data-dir")
         .arg(&data_dir)
         .env("RUNLEDGER_LOG", "warn")
         .stdout(Stdio::piped())
@@ -168,16 +262,22 @@ async fn ingest(
             break grpc.to_string();
         }
     };
-    // Drain the child's stdout so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.starts_with("stopped:") {
+                let _ = stopped_tx.send(line);
+            }
+        }
+    });
 
     let started = Instant::now();
     let report = send(SendOptions {
         endpoint: format!("http://{grpc}"),
         protocol: Protocol::Grpc,
-        runs,
-        runs_per_request,
-        concurrency,
+        runs: options.runs,
+        runs_per_request: options.runs_per_request,
+        concurrency: options.concurrency,
         rate: None,
         gzip: false,
         generator: generator_options(),
@@ -185,9 +285,7 @@ async fn ingest(
         max_retries: 1000,
     })
     .await?;
-    let acked_at = started.elapsed();
-    // SIGTERM flushes everything acknowledged to Parquet; the clock stops when it has.
-    // SAFETY: kill(2) on our own child's pid.
+    // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     let flushed_at = started.elapsed();
@@ -197,24 +295,102 @@ async fn ingest(
     if report.spans_failed > 0 || report.spans_acked != report.spans_sent {
         bail!("not every span was acknowledged: {report:?}");
     }
-    let e2e_rate = report.spans_acked as f64 / flushed_at.as_secs_f64();
-    println!(
-        "(b) end to end, gRPC, fsync on:    {e2e_rate:>12.0} spans/s  ({} spans; acked in {:.2} s, in Parquet at {:.2} s; {} overload retries)",
-        report.spans_acked,
-        acked_at.as_secs_f64(),
-        flushed_at.as_secs_f64(),
-        report.retries
-    );
-    println!(
-        "(c) end to end / decode-only:     {:>12.3}",
-        e2e_rate / decode_rate
-    );
-    let parquet = parquet_bytes(&data_dir.join("raw").join("spans"))?;
-    let otlp_per_span = report.otlp_bytes as f64 / report.spans_sent as f64;
-    let parquet_per_span = parquet as f64 / report.spans_acked as f64;
-    println!(
-        "(d) bytes per span: OTLP protobuf {otlp_per_span:.1}, Parquet {parquet_per_span:.1}: Parquet is 1/{:.1} of OTLP",
-        otlp_per_span / parquet_per_span
-    );
-    Ok(ExitCode::SUCCESS)
+    let cpu = children_cpu_seconds() - cpu_before;
+    let stopped = stopped_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_default();
+    let redaction_us = stopped
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("redaction_us="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(IngestResult {
+        rate: report.spans_acked as f64 / flushed_at.as_secs_f64(),
+        spans: report.spans_acked,
+        seconds: flushed_at.as_secs_f64(),
+        retries: report.retries,
+        otlp_bytes: report.otlp_bytes,
+        cpu_us_per_span: cpu * 1e6 / report.spans_acked as f64,
+        redaction_us,
+        data_dir,
+    })
+}
+
+struct RedactionFigures {
+    spans_per_s: f64,
+    mb_per_s: f64,
+    attr_mb_per_s: f64,
+    normalize_spans_per_s: f64,
+}
+
+/// The redaction stage alone with the default rules, on the generator's traffic normalised
+/// into span-table batches, best of three; and normalisation of the same requests as the
+/// baseline.
+fn redaction_throughput(runs: u64, runs_per_request: usize) -> anyhow::Result<RedactionFigures> {
+    use arrow::array::{Array, AsArray};
+    let mut generator = Generator::new(generator_options());
+    let normalizer = runledger_processor::Normalizer::new(&Default::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let redactor = runledger_processor::Redactor::new(&Default::default(), &[], b"benchmark key")?;
+    let mut requests = Vec::new();
+    let mut generated = 0;
+    while generated < runs {
+        requests.push(generator.next_request(runs_per_request).0);
+        generated += runs_per_request as u64;
+    }
+    let mut best_normalize = 0.0f64;
+    let mut batches = Vec::new();
+    for round in 0..3 {
+        let started = Instant::now();
+        let mut spans = 0usize;
+        for request in &requests {
+            let normalized = normalizer.normalize(request, std::time::SystemTime::now());
+            spans += normalized.accepted_spans;
+            if round == 0 {
+                batches.extend(normalized.batch);
+            } else {
+                std::hint::black_box(normalized);
+            }
+        }
+        best_normalize = best_normalize.max(spans as f64 / started.elapsed().as_secs_f64());
+    }
+    let spans: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut string_bytes = 0usize;
+    let mut attr_bytes = 0usize;
+    for batch in &batches {
+        for column in batch.columns() {
+            match column.data_type() {
+                arrow::datatypes::DataType::Utf8 => {
+                    string_bytes += column.as_string::<i32>().values().len();
+                }
+                arrow::datatypes::DataType::Map(..) => {
+                    let map = column.as_map();
+                    let keys = map.keys().as_string::<i32>().values().len();
+                    let values = match map.values().data_type() {
+                        arrow::datatypes::DataType::Utf8 => {
+                            map.values().as_string::<i32>().values().len()
+                        }
+                        _ => 0,
+                    };
+                    string_bytes += keys + values;
+                    attr_bytes += values;
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        for batch in &batches {
+            std::hint::black_box(redactor.redact_batch(batch)?);
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(RedactionFigures {
+        spans_per_s: spans as f64 / best,
+        mb_per_s: string_bytes as f64 / best / 1e6,
+        attr_mb_per_s: attr_bytes as f64 / best / 1e6,
+        normalize_spans_per_s: best_normalize,
+    })
 }

@@ -95,11 +95,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = api.await;
     use runledger_collector::CollectorMetrics as M;
     println!(
-        "stopped: {} spans accepted, {} rejected, {} segments flushed, {} rows committed",
+        "stopped: {} spans accepted, {} rejected, {} segments flushed, {} rows committed, redaction_us={}",
         M::get(&metrics.spans_accepted),
         M::get(&metrics.spans_rejected_invalid),
         M::get(&metrics.segments_flushed),
         M::get(&metrics.rows_committed),
+        M::get(&metrics.redact_micros),
     );
     Ok(ExitCode::SUCCESS)
 }

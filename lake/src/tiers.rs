@@ -40,24 +40,33 @@ impl Default for RawTierConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedactedTierConfig {
+    /// Write the redacted tier. Default true; off only for a deployment that keeps nothing
+    /// past the raw tier's TTL.
+    pub enabled: bool,
     /// How long redacted spans are kept. Default `400d`.
     pub ttl: String,
 }
 
 impl Default for RedactedTierConfig {
     fn default() -> Self {
-        Self { ttl: "400d".into() }
+        Self {
+            enabled: true,
+            ttl: "400d".into(),
+        }
     }
 }
 
 impl TiersConfig {
     /// The tiers spans are written to, raw first.
     pub fn enabled(&self) -> Vec<Tier> {
+        let mut tiers = Vec::new();
         if self.raw.enabled {
-            vec![Tier::Raw, Tier::Redacted]
-        } else {
-            vec![Tier::Redacted]
+            tiers.push(Tier::Raw);
         }
+        if self.redacted.enabled {
+            tiers.push(Tier::Redacted);
+        }
+        tiers
     }
 
     /// A tier's time to live.
@@ -71,6 +80,11 @@ impl TiersConfig {
 
     /// Checks that the TTLs parse and are at least an hour (retention works in hours).
     pub fn validate(&self) -> Result<(), String> {
+        if self.enabled().is_empty() {
+            return Err(
+                "tiers: at least one of tiers.raw and tiers.redacted must be enabled".into(),
+            );
+        }
         for (name, text) in [("raw", &self.raw.ttl), ("redacted", &self.redacted.ttl)] {
             let ttl = humantime::parse_duration(text)
                 .map_err(|e| format!("tiers.{name}.ttl: `{text}`: {e}"))?;

@@ -177,8 +177,11 @@ pub(crate) async fn erase(args: EraseArgs) -> anyhow::Result<ExitCode> {
     println!("erase: {} runs found", run_ids.len());
     for table in &mut tables {
         let mut outcome = table.delete_runs(&run_ids).await?;
-        // Also what an interrupted earlier erase committed but left on disk.
-        outcome.files_purged += table.purge_removed_files().await?;
+        // A DELETE that removed files has purged them already; otherwise purge what an
+        // interrupted earlier erase committed but left on disk.
+        if outcome.files_removed == 0 {
+            outcome.files_purged += table.purge_removed_files().await?;
+        }
         println!(
             "{}: erased {} spans; {} files rewritten without them, {} written, {} deleted from disk",
             table.tier(),

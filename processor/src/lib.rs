@@ -23,3 +23,13 @@ pub mod redact;
 pub use config::ProcessorConfig;
 pub use normalize::{span_count, NormalizedBatch, Normalizer};
 pub use redact::{RedactionConfig, Redactor};
+
+/// The entry and field names of the span table's maps, as Delta Lake lays maps out
+/// (`key_value` entries of `key` and `value`), for Arrow's map builders.
+pub(crate) fn map_field_names() -> arrow::array::MapFieldNames {
+    arrow::array::MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    }
+}

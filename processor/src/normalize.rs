@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, MapBuilder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use globset::{GlobSet, GlobSetBuilder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -613,11 +613,7 @@ fn map_builder(
 ) -> MapBuilder<StringBuilder, StringBuilder> {
     let items = spans * entries;
     MapBuilder::with_capacity(
-        Some(MapFieldNames {
-            entry: "key_value".into(),
-            key: "key".into(),
-            value: "value".into(),
-        }),
+        Some(crate::map_field_names()),
         StringBuilder::with_capacity(items, items * 24),
         StringBuilder::with_capacity(items, items * value_bytes),
         spans,

@@ -24,8 +24,7 @@ use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int32Builder, MapArray, MapBuilder, MapFieldNames, RecordBatch,
-    StringBuilder,
+    Array, ArrayRef, AsArray, Int32Builder, MapArray, MapBuilder, RecordBatch, StringBuilder,
 };
 use arrow::error::ArrowError;
 use hmac::{Hmac, KeyInit, Mac};
@@ -401,11 +400,29 @@ impl Redactor {
         caps.get_group(self.detectors[i].group).map(|s| s.range())
     }
 
+    /// The index of the first key rule (in priority order) that matches `key`, if any.
+    fn key_rule_index(&self, key: &str) -> Option<usize> {
+        self.key_globs.matches(key).into_iter().min()
+    }
+
     /// The first key rule that matches `key`, if any.
     fn key_rule(&self, key: &str) -> Option<&KeyDecision> {
-        let mut matches = self.key_globs.matches(key);
-        matches.sort_unstable();
-        matches.first().map(|&i| &self.key_decisions[i])
+        self.key_rule_index(key).map(|i| &self.key_decisions[i])
+    }
+
+    /// What a key rule does to the whole value of its key, counted once.
+    fn apply_key_rule(&self, d: &KeyDecision, value: &str, counts: &mut [u32]) -> Edit {
+        match d.action {
+            Action::Allow => Edit::Keep,
+            Action::Drop => {
+                counts[d.kind] += 1;
+                Edit::Drop
+            }
+            action => {
+                counts[d.kind] += 1;
+                Edit::Replace(self.replacement(d.kind, action, value))
+            }
+        }
     }
 
     /// Redacts an attribute value: its key's rule if one matches, else the detectors (and
@@ -417,17 +434,7 @@ impl Redactor {
         counts: &mut [u32],
     ) -> Edit {
         match decision {
-            Some(d) => match d.action {
-                Action::Allow => Edit::Keep,
-                Action::Drop => {
-                    counts[d.kind] += 1;
-                    Edit::Drop
-                }
-                action => {
-                    counts[d.kind] += 1;
-                    Edit::Replace(self.replacement(d.kind, action, value))
-                }
-            },
+            Some(d) => self.apply_key_rule(d, value, counts),
             None => self.redact_text_or_json(value, counts),
         }
     }
@@ -455,30 +462,13 @@ impl Redactor {
     fn redact_json(&self, json: &mut serde_json::Value, counts: &mut [u32]) -> bool {
         use serde_json::Value;
         match json {
-            Value::String(s) => match self.scan(s, counts, None) {
-                Edit::Keep => false,
-                Edit::Replace(r) => {
-                    *s = r;
-                    true
-                }
-                Edit::Drop => {
-                    *json = Value::Null;
-                    true
-                }
-            },
+            Value::String(s) => {
+                let edit = self.scan(s, counts, None);
+                apply_to_json(json, edit)
+            }
             Value::Number(n) => {
-                let text = n.to_string();
-                match self.scan(&text, counts, None) {
-                    Edit::Keep => false,
-                    Edit::Replace(r) => {
-                        *json = Value::String(r);
-                        true
-                    }
-                    Edit::Drop => {
-                        *json = Value::Null;
-                        true
-                    }
-                }
+                let edit = self.scan(&n.to_string(), counts, None);
+                apply_to_json(json, edit)
             }
             Value::Array(items) => {
                 let mut changed = false;
@@ -504,18 +494,19 @@ impl Redactor {
                     };
                     match self.key_rule(&key) {
                         Some(d) if d.action == Action::Allow => {}
-                        Some(d) if d.action == Action::Drop => {
-                            counts[d.kind] += 1;
-                            changed = true;
-                            continue;
-                        }
                         Some(d) => {
-                            counts[d.kind] += 1;
                             let text = match &value {
                                 Value::String(s) => s.clone(),
                                 other => other.to_string(),
                             };
-                            value = Value::String(self.replacement(d.kind, d.action, &text));
+                            match self.apply_key_rule(d, &text, counts) {
+                                Edit::Keep => {}
+                                Edit::Replace(r) => value = Value::String(r),
+                                Edit::Drop => {
+                                    changed = true;
+                                    continue;
+                                }
+                            }
                             changed = true;
                         }
                         None => changed |= self.redact_json(&mut value, counts),
@@ -580,11 +571,7 @@ impl Redactor {
         // The per-span summary, and the batch totals.
         let mut totals = vec![0u64; kinds];
         let mut summary = MapBuilder::new(
-            Some(MapFieldNames {
-                entry: "key_value".into(),
-                key: "key".into(),
-                value: "value".into(),
-            }),
+            Some(crate::map_field_names()),
             StringBuilder::new(),
             Int32Builder::new(),
         );
@@ -631,14 +618,7 @@ impl Redactor {
             let Some(value) = value else { continue };
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
             let edit = match rule {
-                Some(d) => {
-                    row_counts[d.kind] += 1;
-                    if d.action == Action::Drop {
-                        Edit::Drop
-                    } else {
-                        Edit::Replace(self.replacement(d.kind, d.action, value))
-                    }
-                }
+                Some(d) => self.apply_key_rule(d, value, row_counts),
                 None if json => self.redact_text_or_json(value, row_counts),
                 None => self.scan(value, row_counts, force),
             };
@@ -714,11 +694,7 @@ impl Redactor {
             return Ok(None);
         }
         let mut builder = MapBuilder::new(
-            Some(MapFieldNames {
-                entry: "key_value".into(),
-                key: "key".into(),
-                value: "value".into(),
-            }),
+            Some(crate::map_field_names()),
             StringBuilder::with_capacity(keys.len(), keys.values().len()),
             StringBuilder::with_capacity(values.len(), values.values().len()),
         );
@@ -749,8 +725,6 @@ impl Redactor {
     }
 
     fn key_info(&self, key: &str) -> KeyInfo {
-        let mut matches = self.key_globs.matches(key);
-        matches.sort_unstable();
         let mut kind_counts = vec![0u32; self.kinds.len()];
         let redacted_key = match self.scan(key, &mut kind_counts, None) {
             Edit::Keep => None,
@@ -763,7 +737,7 @@ impl Redactor {
             .flat_map(|(kind, &n)| std::iter::repeat_n(kind, n as usize))
             .collect();
         KeyInfo {
-            rule: matches.first().copied(),
+            rule: self.key_rule_index(key),
             redacted_key,
             key_kinds,
         }
@@ -777,6 +751,21 @@ struct KeyInfo {
     redacted_key: Option<String>,
     /// Kinds found in the key itself, once per finding.
     key_kinds: Vec<usize>,
+}
+
+/// Applies a detector's edit to a JSON scalar; whether it changed.
+fn apply_to_json(json: &mut serde_json::Value, edit: Edit) -> bool {
+    match edit {
+        Edit::Keep => false,
+        Edit::Replace(r) => {
+            *json = serde_json::Value::String(r);
+            true
+        }
+        Edit::Drop => {
+            *json = serde_json::Value::Null;
+            true
+        }
+    }
 }
 
 fn memchr_backslash(text: &str) -> bool {

@@ -107,28 +107,24 @@ impl std::str::FromStr for Tier {
 /// The Arrow type of the `attributes` and `resource_attributes` columns: a string-to-string map
 /// laid out as Delta Lake expects (`key_value` entries of `key` and `value`).
 pub fn attribute_map_type() -> DataType {
-    DataType::Map(
-        Arc::new(Field::new(
-            "key_value",
-            DataType::Struct(Fields::from(vec![
-                Field::new("key", DataType::Utf8, false),
-                Field::new("value", DataType::Utf8, true),
-            ])),
-            false,
-        )),
-        false,
-    )
+    key_value_map(DataType::Utf8, true)
 }
 
 /// The Arrow type of the `redactions` column: counts by kind (`EMAIL` -> 2), laid out like
 /// the attribute maps.
 pub fn redaction_summary_type() -> DataType {
+    key_value_map(DataType::Int32, false)
+}
+
+/// A map with string keys laid out as Delta Lake expects: `key_value` entries of `key` and
+/// `value`.
+fn key_value_map(value: DataType, value_nullable: bool) -> DataType {
     DataType::Map(
         Arc::new(Field::new(
             "key_value",
             DataType::Struct(Fields::from(vec![
                 Field::new("key", DataType::Utf8, false),
-                Field::new("value", DataType::Int32, false),
+                Field::new("value", value, value_nullable),
             ])),
             false,
         )),

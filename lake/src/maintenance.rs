@@ -25,7 +25,7 @@ use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::{FilterLiteral, FilterOp, FilterValue};
 use futures::TryStreamExt as _;
-use runledger_schemas::col as column;
+use runledger_schemas::{col as column, PARTITION_DATE_FORMAT, PARTITION_HOUR_FORMAT};
 use serde::{Deserialize, Serialize};
 
 use crate::{LakeError, SpanTable};
@@ -46,18 +46,16 @@ impl HourPartition {
     /// The partition an instant falls in.
     pub fn of(t: chrono::DateTime<chrono::Utc>) -> Self {
         Self {
-            date: t.format("%Y-%m-%d").to_string(),
-            hour: t.format("%H").to_string(),
+            date: t.format(PARTITION_DATE_FORMAT).to_string(),
+            hour: t.format(PARTITION_HOUR_FORMAT).to_string(),
         }
     }
 
     /// The instant the hour ends (exclusive), or `None` for a malformed partition value.
     pub fn end(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        let start = chrono::NaiveDateTime::parse_from_str(
-            &format!("{} {}:00:00", self.date, self.hour),
-            "%Y-%m-%d %H:%M:%S",
-        )
-        .ok()?;
+        let date = chrono::NaiveDate::parse_from_str(&self.date, PARTITION_DATE_FORMAT).ok()?;
+        let hour: u32 = self.hour.parse().ok()?;
+        let start = date.and_hms_opt(hour, 0, 0)?;
         Some(start.and_utc() + chrono::Duration::hours(1))
     }
 }

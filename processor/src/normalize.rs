@@ -710,8 +710,10 @@ impl Columns {
             let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
             self.last_hour = Some((
                 hour_index,
-                t.format("%Y-%m-%d").to_string(),
-                t.format("%H").to_string(),
+                t.format(runledger_schemas::PARTITION_DATE_FORMAT)
+                    .to_string(),
+                t.format(runledger_schemas::PARTITION_HOUR_FORMAT)
+                    .to_string(),
             ));
         }
         let (_, date, hour) = self.last_hour.as_ref().expect("set above");

@@ -17,5 +17,5 @@ mod span_table;
 
 pub use span_table::{
     attribute_map_type, col, redaction_summary_type, span_table_schema, Tier, PARTITION_COLUMNS,
-    SPAN_TABLE_DOC,
+    PARTITION_DATE_FORMAT, PARTITION_HOUR_FORMAT, SPAN_TABLE_DOC,
 };

@@ -11,6 +11,13 @@ pub const SPAN_TABLE_DOC: &str = include_str!("../span_table.md");
 /// span's start time in UTC.
 pub const PARTITION_COLUMNS: [&str; 2] = [col::DATE, col::HOUR];
 
+/// The `strftime` form of the `date` partition value (UTC): `2026-11-24`. Writers and
+/// retention must agree on it.
+pub const PARTITION_DATE_FORMAT: &str = "%Y-%m-%d";
+
+/// The `strftime` form of the `hour` partition value (UTC): `05`.
+pub const PARTITION_HOUR_FORMAT: &str = "%H";
+
 /// Column names, so that no other crate spells them out by hand.
 #[allow(missing_docs)]
 pub mod col {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use runledger_collector::{CollectorConfig, IngestConfig, WalConfig};
 use runledger_lake::{LakeConfig, MaintenanceConfig, TiersConfig};
-use runledger_processor::{ProcessorConfig, RedactionConfig};
+use runledger_processor::{PricingConfig, ProcessorConfig, RedactionConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of `runledger serve`.
@@ -30,6 +30,8 @@ pub struct RunledgerConfig {
     pub redaction: RedactionConfig,
     /// Periodic retention and compaction.
     pub maintenance: MaintenanceConfig,
+    /// The price table and the tool and review rates.
+    pub pricing: PricingConfig,
 }
 
 /// Where runledger listens and keeps its data.
@@ -80,6 +82,7 @@ impl RunledgerConfig {
             .and_then(|()| self.lake.validate())
             .and_then(|()| self.tiers.validate())
             .and_then(|()| self.redaction.validate())
+            .and_then(|()| self.pricing.validate())
             .and_then(|()| self.maintenance.validate())
             .map_err(|e| anyhow::anyhow!(e))
     }

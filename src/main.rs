@@ -44,6 +44,8 @@ enum Command {
     Erase(maintain::EraseArgs),
     /// Compact the small files of closed hours, ordered by run, then vacuum after a grace period.
     Compact(maintain::CompactArgs),
+    /// Recompute the costs of stored spans with the current price table.
+    Reprice(maintain::RepriceArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
             Command::Retention(args) => maintain::retention(args).await,
             Command::Erase(args) => maintain::erase(args).await,
             Command::Compact(args) => maintain::compact(args).await,
+            Command::Reprice(args) => maintain::reprice(args).await,
         }
     });
     match result {

@@ -1,4 +1,4 @@
-//! `runledger retention`, `runledger erase` and `runledger compact`, and the periodic
+//! `runledger retention`, `runledger erase`, `runledger compact` and `runledger reprice`, and the periodic
 //! retention and compaction that `serve` runs: the lake's upkeep, on whichever tier tables
 //! exist in the data directory. Each is safe next to a running `serve` (Delta commits are
 //! optimistic and retried on conflict) and prints counts, never content.
@@ -60,6 +60,86 @@ pub(crate) struct CompactArgs {
     /// TOML config file (target file size, grace period).
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RepriceArgs {
+    /// Data directory. Default ./runledger-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// First instant to reprice (RFC 3339): every hour partition that ends after it.
+    /// Default: the beginning.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last instant (RFC 3339, exclusive): every hour partition that starts before it.
+    /// Default: now.
+    #[arg(long)]
+    to: Option<String>,
+    /// TOML config file (`[pricing]`: your price file and rates).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .with_context(|| format!("{flag} `{text}` is not an RFC 3339 time"))
+}
+
+/// `runledger reprice`: recomputes the cost columns of stored spans with the current price
+/// table, one hour partition per atomic commit, in every tier.
+pub(crate) async fn reprice(args: RepriceArgs) -> anyhow::Result<ExitCode> {
+    let config = RunledgerConfig::load_or_default(args.config.as_deref(), args.data_dir)?;
+    let from = args
+        .from
+        .as_deref()
+        .map(|t| parse_time("--from", t))
+        .transpose()?;
+    let to = match args.to.as_deref() {
+        Some(t) => parse_time("--to", t)?,
+        None => Utc::now(),
+    };
+    let pricer = runledger_processor::Pricer::new(&config.pricing)
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("loading the price table")?;
+    let pricer = Arc::new(pricer);
+    let unpriced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for mut table in existing_tables(&config.server.data_dir, &config.lake).await? {
+        let tier = table.tier();
+        let hours: Vec<HourPartition> = table
+            .partitions(0)
+            .await?
+            .into_keys()
+            .filter(|p| {
+                let Some(end) = p.end() else { return false };
+                let start = end - chrono::Duration::hours(1);
+                from.is_none_or(|from| end > from) && start < to
+            })
+            .collect();
+        let mut rows = 0;
+        for hour in &hours {
+            let (pricer, unpriced) = (pricer.clone(), unpriced.clone());
+            let transform = move |batch: arrow::array::RecordBatch| {
+                let (priced, totals) = pricer.price_batch(&batch).map_err(|e| e.to_string())?;
+                unpriced.fetch_add(totals.unpriced, std::sync::atomic::Ordering::Relaxed);
+                Ok(priced)
+            };
+            rows += table
+                .rewrite_hour(hour, &transform)
+                .await
+                .with_context(|| format!("repricing {tier} {hour}"))?;
+        }
+        println!(
+            "{tier}: repriced {rows} spans in {} hour partitions with price version {}",
+            hours.len(),
+            pricer.version()
+        );
+    }
+    println!(
+        "spans with tokens but no price (cost left null): {}",
+        unpriced.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_now(now: Option<&str>) -> anyhow::Result<DateTime<Utc>> {

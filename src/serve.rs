@@ -48,6 +48,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         lake: config.lake.clone(),
         tiers: config.tiers.enabled(),
         redaction: config.redaction.clone(),
+        pricing: config.pricing.clone(),
     })
     .await
     .context("starting the collector")?;

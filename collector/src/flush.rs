@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use runledger_lake::{sort_for_lake, AppendOutcome, SpanTable};
-use runledger_processor::Redactor;
+use runledger_processor::{Pricer, Redactor};
 use runledger_schemas::{span_table_schema, Tier};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -30,6 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) struct Flusher {
     pub(crate) tables: Vec<SpanTable>,
+    /// Computes the cost columns of every span before any tier sees it.
+    pub(crate) pricer: Arc<Pricer>,
     /// Present when a table of the redacted tier is among `tables`.
     pub(crate) redactor: Option<Arc<Redactor>>,
     pub(crate) app_id: String,
@@ -96,6 +98,17 @@ impl Flusher {
         }
         let sorted = sort_for_lake(&batches).map_err(|e| e.to_string())?;
         drop(batches);
+        let sorted = match sorted {
+            Some(batch) => {
+                let (priced, totals) = self
+                    .pricer
+                    .price_batch(&batch)
+                    .map_err(|e| format!("pricing: {e}"))?;
+                CollectorMetrics::add(&self.metrics.spans_unpriced, totals.unpriced);
+                Some(priced)
+            }
+            None => None,
+        };
         let mut redacted: Option<RecordBatch> = None;
         failpoint::hit("flush.before_commit");
         for (i, table) in self.tables.iter_mut().enumerate() {

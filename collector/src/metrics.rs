@@ -40,6 +40,8 @@ pub struct CollectorMetrics {
     pub flush_micros: AtomicU64,
     /// Time spent redacting, in microseconds (part of `flush_micros`).
     pub redact_micros: AtomicU64,
+    /// Spans with token counts but no price for their model (their cost is null).
+    pub spans_unpriced: AtomicU64,
     /// Values redacted, by kind (`EMAIL`, `SECRET`...).
     pub redactions: Mutex<BTreeMap<String, u64>>,
 }

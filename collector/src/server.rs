@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use runledger_lake::{LakeConfig, SpanTable};
-use runledger_processor::{Normalizer, ProcessorConfig, RedactionConfig, Redactor};
+use runledger_processor::{
+    Normalizer, Pricer, PricingConfig, ProcessorConfig, RedactionConfig, Redactor,
+};
 use runledger_schemas::Tier;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,6 +40,8 @@ pub struct CollectorSettings {
     pub tiers: Vec<Tier>,
     /// How the redacted tier is redacted.
     pub redaction: RedactionConfig,
+    /// The price table and rates that cost every span.
+    pub pricing: PricingConfig,
 }
 
 /// The addresses the receivers actually listen on (port 0 binds a free port).
@@ -160,9 +164,11 @@ impl Collector {
             None
         };
 
+        let pricer = Arc::new(Pricer::new(&settings.pricing).map_err(CollectorError::Config)?);
         let shutting_down = Arc::new(AtomicBool::new(false));
         let flusher = Flusher {
             tables,
+            pricer,
             redactor,
             app_id,
             metrics: metrics.clone(),

@@ -39,6 +39,14 @@ pub enum LakeError {
         #[source]
         source: Box<deltalake::datafusion::error::DataFusionError>,
     },
+    /// A rewrite's transformation refused the rows it was given.
+    #[error("{tier} span table: rewriting: {message}")]
+    Transform {
+        /// The tier.
+        tier: Tier,
+        /// What the transformation said.
+        message: String,
+    },
     /// A local file-system operation failed.
     #[error("{context}: {source}")]
     Io {

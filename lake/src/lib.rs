@@ -22,7 +22,9 @@ mod span_table;
 mod tiers;
 
 pub use error::LakeError;
-pub use maintenance::{CompactOutcome, DeleteOutcome, HourPartition, PartitionFiles};
+pub use maintenance::{
+    cast_to_schema, CompactOutcome, DeleteOutcome, HourPartition, PartitionFiles,
+};
 pub use span_table::{
     sort_for_lake, table_path, writer_properties, AppendOutcome, LakeConfig, SpanTable,
 };

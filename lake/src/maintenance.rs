@@ -20,12 +20,17 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
+use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::{col, lit, Expr, SessionContext};
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::SaveMode;
 use deltalake::{FilterLiteral, FilterOp, FilterValue};
 use futures::TryStreamExt as _;
-use runledger_schemas::{col as column, PARTITION_DATE_FORMAT, PARTITION_HOUR_FORMAT};
+use runledger_schemas::{
+    col as column, span_table_schema, PARTITION_COLUMNS, PARTITION_DATE_FORMAT,
+    PARTITION_HOUR_FORMAT,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{LakeError, SpanTable};
@@ -304,6 +309,78 @@ impl SpanTable {
         Ok(outcome)
     }
 
+    /// Rewrites one hour partition through `transform` in one atomic commit (Delta overwrite
+    /// with a `replace_where` on the partition): readers see the old rows or the new ones,
+    /// never both. Rows keep the lake's sort order. Returns the rows rewritten.
+    pub async fn rewrite_hour(
+        &mut self,
+        hour: &HourPartition,
+        transform: &(dyn Fn(RecordBatch) -> Result<RecordBatch, String> + Sync),
+    ) -> Result<usize, LakeError> {
+        let tier = self.tier;
+        let in_hour = || {
+            col(column::DATE)
+                .eq(lit(hour.date.clone()))
+                .and(col(column::HOUR).eq(lit(hour.hour.clone())))
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.refresh().await?;
+            if self.table.version().is_none() {
+                return Ok(0);
+            }
+            let query = |e: deltalake::datafusion::error::DataFusionError| LakeError::Query {
+                tier,
+                source: Box::new(e),
+            };
+            let ctx = SessionContext::new();
+            let provider = self.table.table_provider().await.map_err(query)?;
+            let batches = ctx
+                .read_table(provider)
+                .map_err(query)?
+                .filter(in_hour())
+                .map_err(query)?
+                .collect()
+                .await
+                .map_err(query)?;
+            let schema = span_table_schema();
+            let mut aligned = Vec::with_capacity(batches.len());
+            for batch in batches {
+                aligned
+                    .push(cast_to_schema(&batch, &schema).map_err(|e| LakeError::Arrow(e, tier))?);
+            }
+            let Some(sorted) =
+                crate::sort_for_lake(&aligned).map_err(|e| LakeError::Arrow(e, tier))?
+            else {
+                return Ok(0);
+            };
+            drop(aligned);
+            let rows = sorted.num_rows();
+            let rewritten =
+                transform(sorted).map_err(|message| LakeError::Transform { tier, message })?;
+            let result = self
+                .table
+                .clone()
+                .write(vec![rewritten])
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(in_hour())
+                .with_partition_columns(PARTITION_COLUMNS.iter().map(|c| c.to_string()))
+                .with_writer_properties(self.properties.clone())
+                .await;
+            match result {
+                Ok(table) => {
+                    self.table = table;
+                    return Ok(rows);
+                }
+                Err(e) if attempt < COMMIT_ATTEMPTS && is_conflict(&e) => {
+                    tracing::info!(tier = %self.tier, %hour, attempt, error = %e, "rewrite conflicted; retrying");
+                }
+                Err(e) => return Err(LakeError::delta(self.tier, "rewriting an hour")(e)),
+            }
+        }
+    }
+
     /// Distinct run ids of the spans whose `column` equals `value`.
     pub async fn run_ids_where(
         &mut self,
@@ -370,4 +447,30 @@ pub(crate) fn partition_of_path(path: &str) -> Option<HourPartition> {
         date: date?,
         hour: hour?,
     })
+}
+
+/// A batch read back through DataFusion (which may hand out view or dictionary types) in the
+/// span table's exact types, columns in the schema's order.
+pub fn cast_to_schema(
+    batch: &RecordBatch,
+    schema: &deltalake::arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                deltalake::arrow::error::ArrowError::SchemaError(format!(
+                    "column {} is missing",
+                    field.name()
+                ))
+            })?;
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                deltalake::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
 }

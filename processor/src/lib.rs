@@ -8,6 +8,11 @@
 //!      |        (run_id, workflow, outcome, side effect, tokens...), the rest kept as maps
 //!      v
 //!  Arrow RecordBatch in the span-table schema  ->  the collector's write-ahead log
+//!      |
+//!      v   (at flush)
+//!  price: cost columns from the versioned price table (`pricing`)
+//!      v
+//!  redact: the copy bound for the redacted tier (`redact`)
 //! ```
 //!
 //! Normalisation is deterministic and cheap, so the collector runs it before the write-ahead
@@ -18,10 +23,14 @@
 mod anyvalue;
 pub mod config;
 mod normalize;
+pub mod pricing;
 pub mod redact;
+#[cfg(test)]
+mod test_support;
 
 pub use config::ProcessorConfig;
 pub use normalize::{span_count, NormalizedBatch, Normalizer};
+pub use pricing::{Pricer, PricingConfig};
 pub use redact::{RedactionConfig, Redactor};
 
 /// The entry and field names of the span table's maps, as Delta Lake lays maps out

@@ -47,6 +47,7 @@ enum Slot {
     SideEffect,
     ActionRef,
     RetryAttempt,
+    ActionCorrect,
     ServiceName,
 }
 const SLOT_COUNT: usize = Slot::ServiceName as usize + 1;
@@ -114,6 +115,7 @@ impl Normalizer {
         add(&[conv::SIDE_EFFECT], Slot::SideEffect);
         add(&[conv::ACTION_REF], Slot::ActionRef);
         add(conv::RETRY_ATTEMPT, Slot::RetryAttempt);
+        add(&[conv::ACTION_CORRECT], Slot::ActionCorrect);
         add(&[conv::SERVICE_NAME], Slot::ServiceName);
         let customer_keys: Vec<&str> = conv::CUSTOMER_ID
             .iter()
@@ -291,8 +293,14 @@ impl Normalizer {
             Some(m) if !m.is_empty() => c.status_message.append_value(m),
             _ => c.status_message.append_null(),
         }
+        let marked_incorrect = match get(Slot::ActionCorrect).and_then(|v| v.value.as_ref()) {
+            Some(Value::BoolValue(correct)) => !correct,
+            Some(Value::StringValue(s)) => s.eq_ignore_ascii_case("false"),
+            _ => false,
+        };
         match get(Slot::ErrorType) {
             Some(v) => append_any_str(&mut c.error_type, Some(v), &mut scratch.value),
+            None if marked_incorrect => c.error_type.append_value(conv::INCORRECT_ERROR_TYPE),
             None => {
                 let from_event = span
                     .events

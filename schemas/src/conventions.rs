@@ -93,6 +93,11 @@ pub const SIDE_EFFECT: &str = "runledger.action.side_effect";
 pub const ACTION_REF: &str = "runledger.action.ref";
 /// `retry_attempt`: 0 for the first try, 1.. for retries.
 pub const RETRY_ATTEMPT: &[&str] = &["runledger.retry.attempt", "http.request.resend_count"];
+/// `false` when a reviewer (or a later check) marked this action incorrect: it then counts as
+/// a failed action even though its status is OK, and `error_type` says so.
+pub const ACTION_CORRECT: &str = "runledger.action.correct";
+/// The `error_type` of a span marked incorrect by `runledger.action.correct = false`.
+pub const INCORRECT_ERROR_TYPE: &str = "runledger.incorrect";
 /// Human review time spent on this step, priced at the configured hourly rate.
 pub const REVIEW_SECONDS: &str = "runledger.review.seconds";
 

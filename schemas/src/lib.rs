@@ -19,3 +19,7 @@ pub use span_table::{
     attribute_map_type, col, redaction_summary_type, span_table_schema, Tier, PARTITION_COLUMNS,
     PARTITION_DATE_FORMAT, PARTITION_HOUR_FORMAT, SPAN_TABLE_DOC,
 };
+
+/// The built-in price table (`schemas/prices.toml`): USD per million tokens by model and
+/// date. A data file, not code, so that prices change without a code change.
+pub const BUILTIN_PRICES: &str = include_str!("../prices.toml");

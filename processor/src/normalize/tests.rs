@@ -290,3 +290,46 @@ fn empty_request_gives_no_batch() {
     assert!(out.batch.is_none());
     assert_eq!((out.accepted_spans, out.rejected_spans), (0, 0));
 }
+
+#[test]
+fn an_action_marked_incorrect_gets_an_error_type_unless_it_has_one() {
+    let req = request(
+        vec![],
+        vec![
+            span(
+                1,
+                None,
+                vec![kv("runledger.action.correct", Value::BoolValue(false))],
+            ),
+            span(2, None, vec![kv("runledger.action.correct", s("false"))]),
+            span(
+                3,
+                None,
+                vec![
+                    kv("runledger.action.correct", Value::BoolValue(false)),
+                    kv("error.type", s("timeout")),
+                ],
+            ),
+            span(
+                4,
+                None,
+                vec![kv("runledger.action.correct", Value::BoolValue(true))],
+            ),
+        ],
+    );
+    let batch = normalize(&req).batch.unwrap();
+    let error_type = batch
+        .column_by_name("error_type")
+        .unwrap()
+        .as_string::<i32>();
+    let got: Vec<Option<&str>> = error_type.iter().collect();
+    assert_eq!(
+        got,
+        vec![
+            Some("runledger.incorrect"),
+            Some("runledger.incorrect"),
+            Some("timeout"),
+            None
+        ]
+    );
+}

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use runledger_collector::{CollectorConfig, IngestConfig, WalConfig};
 use runledger_lake::{LakeConfig, MaintenanceConfig, TiersConfig};
 use runledger_processor::{PricingConfig, ProcessorConfig, RedactionConfig};
+use runledger_query::{ApiConfig, GatesConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of `runledger serve`.
@@ -32,6 +33,10 @@ pub struct RunledgerConfig {
     pub maintenance: MaintenanceConfig,
     /// The price table and the tool and review rates.
     pub pricing: PricingConfig,
+    /// API tokens and query limits.
+    pub api: ApiConfig,
+    /// Graduation-gate thresholds.
+    pub gates: GatesConfig,
 }
 
 /// Where runledger listens and keeps its data.
@@ -83,6 +88,8 @@ impl RunledgerConfig {
             .and_then(|()| self.tiers.validate())
             .and_then(|()| self.redaction.validate())
             .and_then(|()| self.pricing.validate())
+            .and_then(|()| self.api.validate())
+            .and_then(|()| self.gates.validate())
             .and_then(|()| self.maintenance.validate())
             .map_err(|e| anyhow::anyhow!(e))
     }

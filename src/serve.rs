@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use std::sync::Arc;
+
 use runledger_collector::{Collector, CollectorSettings};
+use runledger_query::api::{load_or_create_admin_token, ApiState, Tokens};
+use runledger_query::{Lake, Role, TokenConfig};
 
 use crate::config::RunledgerConfig;
 
@@ -26,6 +30,35 @@ pub(crate) struct ServeArgs {
     /// TOML config file (see runledger.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+/// The API's state: the lake, the tokens (with a generated admin token when none is
+/// configured, returned so that it can be shown) and the gates.
+pub(crate) fn api_state(
+    config: &RunledgerConfig,
+) -> anyhow::Result<(Arc<ApiState>, Option<String>)> {
+    let mut tokens = config.api.tokens.clone();
+    let mut generated = None;
+    if tokens.is_empty() {
+        let token = load_or_create_admin_token(&config.server.data_dir)
+            .context("reading or creating the admin token")?;
+        tokens.push(TokenConfig {
+            role: Role::Admin,
+            token: Some(token.clone()),
+            token_sha256: None,
+            name: Some("admin.token".into()),
+        });
+        generated = Some(token);
+    }
+    let lake = Lake::new(&config.server.data_dir, config.api.refresh_every())
+        .with_memory_limit(config.api.query_memory_mib << 20);
+    let state = ApiState::new(
+        Arc::new(lake),
+        &config.api,
+        Tokens::from_config(&tokens),
+        config.gates.clone(),
+    );
+    Ok((Arc::new(state), generated))
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -57,9 +90,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the API on {}", config.server.api_addr))?;
     let api_addr = api_listener.local_addr()?;
+    let (api_state, generated_token) = api_state(&config)?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(async move {
-        axum::serve(api_listener, runledger_query::api::router())
+        axum::serve(api_listener, runledger_query::api::router(api_state))
             .with_graceful_shutdown(async {
                 let _ = api_stopped.await;
             })
@@ -81,6 +115,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "runledger is receiving OTLP on grpc://{} and http://{}/v1/traces; API on http://{}",
         addrs.grpc, addrs.http, api_addr
     );
+    if let Some(token) = generated_token {
+        println!(
+            "no [[api.tokens]] configured: admin token in {}; open http://{api_addr}/?token={token}",
+            runledger_query::api::auth::admin_token_path(&config.server.data_dir).display()
+        );
+    }
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),

@@ -1,14 +1,543 @@
-//! The HTTP API on `--api-addr`. For now the health endpoints that orchestrators and the
-//! tests poll; the analytics routes build on [`crate::open_lake`].
+//! The HTTP API on `--api-addr`: metrics as JSON (and CSV), role-scoped by bearer token.
+//!
+//! | route | role |
+//! |---|---|
+//! | `GET /healthz`, `GET /api/v1/openapi.json` | none |
+//! | `GET /api/v1/whoami` | any |
+//! | `GET /api/v1/workflows`, `/cost`, `/workflows/{workflow}/gates`, `/tools`, `/agents/capabilities` | finance |
+//! | `POST /api/v1/sql` | admin |
+//!
+//! Roles are ordered (finance < oncall < raw < admin): each reads what the one before reads.
+//! No token or an unknown one is 401, a known token with too small a role is 403. Bad
+//! parameters are 400 with `{"error": "..."}` saying what to fix.
 
-use axum::routing::get;
+pub mod auth;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-/// The API router.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(health))
+use crate::lake::SPANS;
+use crate::metrics::{self, CostGroup};
+use crate::{ApiConfig, GatesConfig, Lake, QueryError, Role, TimeWindow};
+pub use auth::{load_or_create_admin_token, Principal, Tokens};
+
+/// The OpenAPI document of this API (`schemas/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The lake.
+    pub lake: Arc<Lake>,
+    /// Who may read what.
+    pub tokens: Tokens,
+    /// Graduation thresholds.
+    pub gates: GatesConfig,
+    /// Limits of ad-hoc SQL.
+    pub sql_timeout: Duration,
+    /// Row limit of ad-hoc SQL.
+    pub sql_max_rows: usize,
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+impl ApiState {
+    /// State from config; `tokens` already include a generated admin token if any.
+    pub fn new(lake: Arc<Lake>, api: &ApiConfig, tokens: Tokens, gates: GatesConfig) -> Self {
+        Self {
+            lake,
+            tokens,
+            gates,
+            sql_timeout: api.sql_time_limit(),
+            sql_max_rows: api.sql_max_rows,
+        }
+    }
+}
+
+type Shared = Arc<ApiState>;
+
+/// An error answer: a status and a message, as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let status = match &e {
+            QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            QueryError::NoTier(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "API query failed");
+        }
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for ApiError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        QueryError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"runledger\""),
+            );
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiState {
+    /// The principal of a request if its role is at least `needed`: 401 without a known
+    /// token, 403 with too small a role.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        needed: Role,
+    ) -> ApiResult<Principal> {
+        let Some(token) = auth::presented_token(headers, query) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required: `Authorization: Bearer <token>`",
+            ));
+        };
+        let Some(principal) = self.tokens.principal(token) else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"));
+        };
+        if principal.role < needed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {} role cannot read this: it needs the {needed} role or above",
+                    principal.role
+                ),
+            ));
+        }
+        Ok(principal)
+    }
+}
+
+/// Query parameters, parsed strictly: an unknown parameter is a 400 that names it.
+fn params(query: Option<&str>, allowed: &[&str]) -> ApiResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad URL encoding in `{pair}`"),
+                )
+            })
+        };
+        let (key, value) = (decode(key)?, decode(value)?);
+        if key == "token" {
+            continue;
+        }
+        if !allowed.contains(&key.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown parameter `{key}`; this route takes {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn window(p: &BTreeMap<String, String>) -> ApiResult<TimeWindow> {
+    Ok(TimeWindow::parse(
+        p.get("from").map(String::as_str),
+        p.get("to").map(String::as_str),
+        chrono::Utc::now(),
+    )?)
+}
+
+/// The routes of the API, each with its method: the router is built from this list and a
+/// test checks it against the OpenAPI document.
+pub fn api_routes() -> Vec<(&'static str, &'static str, MethodRouter<Shared>)> {
+    vec![
+        ("GET", "/healthz", get(health)),
+        ("GET", "/api/v1/openapi.json", get(openapi)),
+        ("GET", "/api/v1/whoami", get(whoami)),
+        ("GET", "/api/v1/workflows", get(workflows)),
+        ("GET", "/api/v1/workflows/{workflow}/gates", get(gates)),
+        ("GET", "/api/v1/cost", get(cost)),
+        ("GET", "/api/v1/tools", get(tools)),
+        ("GET", "/api/v1/agents/capabilities", get(capabilities)),
+        ("POST", "/api/v1/sql", post(sql)),
+    ]
+}
+
+/// The API router over `state`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let mut router: Router<Shared> = Router::new();
+    for (_, path, method_router) in api_routes() {
+        router = router.route(path, method_router);
+    }
+    router
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route: see /api/v1/openapi.json",
+            )
+        })
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn whoami(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let who = state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    Ok(Json(json!({"role": who.role, "name": who.name})))
+}
+
+/// A session over the redacted tier, or 404 when it has no table yet... except that an
+/// empty lake answers every aggregate with no rows rather than an error.
+async fn redacted_session(
+    state: &ApiState,
+) -> ApiResult<Option<datafusion::prelude::SessionContext>> {
+    let (ctx, tiers) = state.lake.session(false).await?;
+    Ok(tiers
+        .contains(&runledger_schemas::Tier::Redacted)
+        .then_some(ctx))
+}
+
+async fn workflows(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    let p = params(q.as_deref(), &["from", "to"])?;
+    let window = window(&p)?;
+    let rows = match redacted_session(&state).await? {
+        Some(ctx) => metrics::workflows(&ctx, SPANS, &window).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(json!({
+        "from": window.from.to_rfc3339(),
+        "to": window.to.to_rfc3339(),
+        "workflows": rows,
+    })))
+}
+
+async fn gates(
+    State(state): State<Shared>,
+    Path(workflow): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    let p = params(q.as_deref(), &["from", "to"])?;
+    let window = window(&p)?;
+    let all = match redacted_session(&state).await? {
+        Some(ctx) => metrics::workflows(&ctx, SPANS, &window).await?,
+        None => Vec::new(),
+    };
+    let measured = all
+        .iter()
+        .find(|m| m.workflow.as_deref() == Some(workflow.as_str()));
+    if measured.is_none() && !state.gates.workflows.contains_key(&workflow) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no runs of workflow `{workflow}` between {} and {}",
+                window.from.to_rfc3339(),
+                window.to.to_rfc3339()
+            ),
+        ));
+    }
+    let thresholds = state.gates.for_workflow(&workflow);
+    Ok(Json(
+        serde_json::to_value(metrics::gates(&workflow, measured, &thresholds))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    ))
+}
+
+const COST_CSV_COLUMNS: &[&str] = &[
+    "key",
+    "cost_usd",
+    "cost_inference_usd",
+    "cost_tool_usd",
+    "cost_review_usd",
+    "runs",
+    "successful_runs",
+    "cost_per_success_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "unpriced_spans",
+];
+
+async fn cost(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    let p = params(q.as_deref(), &["group_by", "from", "to", "format"])?;
+    let window = window(&p)?;
+    let group: CostGroup = p
+        .get("group_by")
+        .map(String::as_str)
+        .unwrap_or("workflow")
+        .parse()?;
+    let csv = match p.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`format` must be json or csv, not `{other}`"),
+            ))
+        }
+    };
+    let rows = match redacted_session(&state).await? {
+        Some(ctx) => metrics::cost(&ctx, SPANS, &window, group).await?,
+        None => Vec::new(),
+    };
+    if !csv {
+        return Ok(Json(json!({
+            "group_by": p.get("group_by").map(String::as_str).unwrap_or("workflow"),
+            "from": window.from.to_rfc3339(),
+            "to": window.to.to_rfc3339(),
+            "rows": rows,
+        }))
+        .into_response());
+    }
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    writer.write_record(COST_CSV_COLUMNS).map_err(io)?;
+    for row in &rows {
+        let value = serde_json::to_value(row).unwrap_or_default();
+        let record: Vec<String> = COST_CSV_COLUMNS
+            .iter()
+            .map(|c| match &value[*c] {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        writer.write_record(&record).map_err(io)?;
+    }
+    let body = writer
+        .into_inner()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"runledger-cost.csv\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn tools(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    let p = params(q.as_deref(), &["from", "to"])?;
+    let window = window(&p)?;
+    let rows = match redacted_session(&state).await? {
+        Some(ctx) => metrics::tools(&ctx, SPANS, &window).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(
+        json!({"from": window.from.to_rfc3339(), "to": window.to.to_rfc3339(), "tools": rows}),
+    ))
+}
+
+async fn capabilities(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    let p = params(q.as_deref(), &["from", "to"])?;
+    let window = window(&p)?;
+    let rows = match redacted_session(&state).await? {
+        Some(ctx) => metrics::capabilities(&ctx, SPANS, &window).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(
+        json!({"from": window.from.to_rfc3339(), "to": window.to.to_rfc3339(), "capabilities": rows}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+async fn sql(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Admin)?;
+    let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"sql\": \"...\"}}: {e}"),
+        )
+    })?;
+    let (ctx, tiers) = state.lake.session(true).await?;
+    let mut tables: Vec<&str> = Vec::new();
+    for tier in &tiers {
+        tables.push(crate::table_name(*tier));
+    }
+    if tiers.contains(&runledger_schemas::Tier::Redacted) {
+        tables.push(SPANS);
+        // `runs`: one row per run over all time, as the metrics define it.
+        let view = metrics::with_runs(SPANS, "true", "SELECT * FROM runs");
+        let plan = ctx.sql(&view).await?.into_view();
+        ctx.register_table("runs", plan)?;
+        tables.push("runs");
+    }
+    crate::sql_guard::check(&request.sql, &tables)?;
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let started = Instant::now();
+    let limit = state.sql_max_rows;
+    // The caller's query failing is the caller's error (400), not the server's.
+    let refused = |e: datafusion::error::DataFusionError| {
+        QueryError::BadRequest(format!("query failed: {e}"))
+    };
+    let run = async {
+        let frame = ctx
+            .sql_with_options(&request.sql, options)
+            .await
+            .map_err(refused)?;
+        let schema = frame.schema().as_arrow().clone();
+        let mut stream = frame.execute_stream().await.map_err(refused)?;
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        let mut truncated = false;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(refused)?;
+            if rows + batch.num_rows() > limit {
+                batches.push(batch.slice(0, limit - rows));
+                truncated = true;
+                break;
+            }
+            rows += batch.num_rows();
+            batches.push(batch);
+        }
+        Ok::<_, QueryError>((schema, batches, truncated))
+    };
+    let (schema, batches, truncated) = tokio::time::timeout(state.sql_timeout, run)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the query ran past the time limit of {:?} and was cancelled",
+                    state.sql_timeout
+                ),
+            )
+        })??;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    for batch in &batches {
+        writer
+            .write(batch)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let bytes = writer.into_inner();
+    let rows: Value = if bytes.is_empty() {
+        json!([])
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(json!([]))
+    };
+    let columns: Vec<Value> = schema
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    Ok(Json(json!({
+        "columns": columns,
+        "rows": rows,
+        "truncated": truncated,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    })))
 }

@@ -1,0 +1,162 @@
+//! The lake as DataFusion tables, refreshed as collectors commit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::DeltaTable;
+use runledger_lake::table_path;
+use runledger_schemas::Tier;
+use tokio::sync::Mutex;
+
+use crate::QueryError;
+
+/// The SQL name of a tier's span table.
+pub fn table_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Raw => "raw_spans",
+        Tier::Redacted => "redacted_spans",
+    }
+}
+
+/// The name aggregates and run lookups read: the redacted tier, the long-lived one that
+/// every role except finance-restricted reads may see.
+pub(crate) const SPANS: &str = "spans";
+
+struct Loaded {
+    tables: Vec<(Tier, DeltaTable)>,
+    refreshed: Option<Instant>,
+}
+
+/// The lake of one data directory: its tier tables, refreshed at most every
+/// `refresh_every`, each query in a session of its own over the current snapshots.
+pub struct Lake {
+    data_dir: PathBuf,
+    refresh_every: Duration,
+    memory_limit: usize,
+    loaded: Mutex<Loaded>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lake")
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl Lake {
+    /// A lake over `data_dir`; nothing is read until the first query.
+    pub fn new(data_dir: &Path, refresh_every: Duration) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            refresh_every,
+            memory_limit: 2 << 30,
+            loaded: Mutex::new(Loaded {
+                tables: Vec::new(),
+                refreshed: None,
+            }),
+        }
+    }
+
+    /// Caps the memory of each query (default 2 GiB); a query over it fails, it does not
+    /// take the server down.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A session with the tiers registered: `spans` and `redacted_spans` (the redacted
+    /// tier), and `raw_spans` when `with_raw`. Returns the tiers found.
+    pub async fn session(&self, with_raw: bool) -> Result<(SessionContext, Vec<Tier>), QueryError> {
+        let tables = self.current_tables().await?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.memory_limit, 1.0)
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(false)
+            .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+            .set_bool("datafusion.execution.parquet.bloom_filter_on_read", true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let mut found = Vec::new();
+        for (tier, table) in tables {
+            if tier == Tier::Raw && !with_raw {
+                continue;
+            }
+            table
+                .update_datafusion_session(&ctx.state())
+                .map_err(|source| self.open_error(tier, source))?;
+            let provider = table.table_provider().await?;
+            ctx.register_table(table_name(tier), provider.clone())?;
+            if tier == Tier::Redacted {
+                ctx.register_table(SPANS, provider)?;
+            }
+            found.push(tier);
+        }
+        Ok((ctx, found))
+    }
+
+    fn open_error(&self, tier: Tier, source: deltalake::DeltaTableError) -> QueryError {
+        QueryError::Open {
+            tier,
+            path: table_path(&self.data_dir, tier).display().to_string(),
+            source,
+        }
+    }
+
+    /// The tables at their latest version, re-reading the logs when the last refresh is
+    /// older than `refresh_every`.
+    async fn current_tables(&self) -> Result<Vec<(Tier, DeltaTable)>, QueryError> {
+        let mut loaded = self.loaded.lock().await;
+        let stale = loaded
+            .refreshed
+            .is_none_or(|at| at.elapsed() >= self.refresh_every);
+        if stale {
+            for tier in Tier::ALL {
+                let position = loaded.tables.iter().position(|(t, _)| *t == tier);
+                match position {
+                    Some(i) => loaded.tables[i]
+                        .1
+                        .update_state()
+                        .await
+                        .map_err(|source| self.open_error(tier, source))?,
+                    None => {
+                        let path = table_path(&self.data_dir, tier);
+                        if !path.join("_delta_log").is_dir() {
+                            continue;
+                        }
+                        let absolute = std::fs::canonicalize(&path).map_err(|e| {
+                            self.open_error(
+                                tier,
+                                deltalake::DeltaTableError::generic(e.to_string()),
+                            )
+                        })?;
+                        let url = url::Url::from_directory_path(&absolute).map_err(|()| {
+                            self.open_error(
+                                tier,
+                                deltalake::DeltaTableError::generic("not an absolute path"),
+                            )
+                        })?;
+                        let table = deltalake::open_table(url)
+                            .await
+                            .map_err(|source| self.open_error(tier, source))?;
+                        loaded.tables.push((tier, table));
+                    }
+                }
+            }
+            loaded.refreshed = Some(Instant::now());
+        }
+        Ok(loaded.tables.clone())
+    }
+
+    /// Forces the next query to re-read the tables' logs.
+    pub async fn invalidate(&self) {
+        self.loaded.lock().await.refreshed = None;
+    }
+}

@@ -312,7 +312,7 @@ pub fn cost_sql(table: &str, window: &str, group: CostGroup) -> String {
         sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
         sum(reasoning_tokens) AS reasoning_tokens";
     let body = match group {
-        CostGroup::Model => format!(
+        CostGroup::Model =>
             "SELECT coalesce(s.response_model, s.request_model) AS key,
                sum(s.cost_inference_usd) AS cost_inference_usd,
                0.0 AS cost_tool_usd, 0.0 AS cost_review_usd,
@@ -325,7 +325,7 @@ pub fn cost_sql(table: &str, window: &str, group: CostGroup) -> String {
              FROM s JOIN runs ON runs.run_id = s.run_id
              WHERE s.request_model IS NOT NULL OR s.response_model IS NOT NULL
              GROUP BY 1 ORDER BY 1"
-        ),
+            .to_string(),
         _ => {
             let key = match group {
                 CostGroup::Workflow => "workflow",

@@ -183,7 +183,8 @@ pub fn query(data_dir: &Path, sql: &str) -> Vec<serde_json::Value> {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let (ctx, _) = runledger_query::open_lake(&data_dir).await.unwrap();
+            let lake = runledger_query::Lake::new(&data_dir, std::time::Duration::ZERO);
+            let (ctx, _) = lake.session(true).await.unwrap();
             let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
             arrow_json_rows(&batches)
         })

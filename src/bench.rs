@@ -1,4 +1,6 @@
-//! `runledger bench ingest`: the ingest benchmark of the README.
+//! `runledger bench ingest` and `runledger bench query`: the benchmarks of the README.
+//!
+//! `bench query` is in `bench/query.rs`; what follows is `bench ingest`.
 //!
 //! In one run, on this machine:
 //! (a) decode-only throughput of the generator's spans on one core (protobuf decode of the
@@ -17,6 +19,9 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use prost::Message;
 use runledger_sample_data::{send, Generator, GeneratorOptions, Protocol, SendOptions};
+
+mod lake;
+mod query;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -42,6 +47,22 @@ enum Which {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
+    /// Per-workflow metrics over a large generated lake: runledger against DuckDB on the same
+    /// files with the same SQL.
+    Query {
+        /// Spans in the lake.
+        #[arg(long, default_value_t = 10_000_000)]
+        spans: u64,
+        /// Hour partitions they are spread over.
+        #[arg(long, default_value_t = 48)]
+        hours: u64,
+        /// Where the lake is built (kept and reused by later runs).
+        #[arg(long, default_value = "bench-data/lake-10m")]
+        data_dir: std::path::PathBuf,
+        /// Timed repetitions of each engine (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -52,6 +73,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             runs_per_request,
             data_dir,
         } => ingest(runs, concurrency, runs_per_request, data_dir).await,
+        Which::Query {
+            spans,
+            hours,
+            data_dir,
+            repeats,
+        } => query::run(spans, hours, data_dir, repeats.max(1)).await,
     }
 }
 

@@ -1,0 +1,134 @@
+//! `runledger bench query`: the per-workflow metrics over a large lake, runledger
+//! (DataFusion through delta-rs) against DuckDB running the same SQL over the same Parquet
+//! files, in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use runledger_query::metrics::{workflow_sums_sql, workflows_from_sums};
+use runledger_query::{Lake, TimeWindow};
+
+use super::lake::{build, BenchLake};
+
+/// The Python with DuckDB: `$RUNLEDGER_PYTHON`, else the test environment's `.venv`.
+pub(crate) fn python() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("RUNLEDGER_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(".venv/bin/python");
+    if venv.exists() {
+        return Ok(venv);
+    }
+    bail!("no Python with DuckDB: run scripts/test once (it makes .venv), or set RUNLEDGER_PYTHON")
+}
+
+/// The live files of the redacted table, as DuckDB should read them.
+async fn live_files(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let path = runledger_lake::table_path(data_dir, runledger_schemas::Tier::Redacted);
+    let url = url::Url::from_directory_path(std::fs::canonicalize(&path)?)
+        .map_err(|()| anyhow::anyhow!("bad path"))?;
+    let table = deltalake::open_table(url).await?;
+    use futures::TryStreamExt as _;
+    let files: Vec<_> = table
+        .get_active_add_actions_by_partitions(&[])
+        .try_collect()
+        .await?;
+    Ok(files
+        .iter()
+        .map(|f| path.join(f.path().as_ref()).display().to_string())
+        .collect())
+}
+
+pub(crate) struct DuckDbRun {
+    pub times_ms: Vec<f64>,
+    pub rows: Vec<Vec<String>>,
+    pub threads: String,
+}
+
+/// Runs `sql` in DuckDB over the table's live files, `repeats` times.
+pub(crate) async fn duckdb(data_dir: &Path, sql: &str, repeats: usize) -> anyhow::Result<DuckDbRun> {
+    let files = live_files(data_dir).await?;
+    let scratch = tempfile::tempdir()?;
+    let list = scratch.path().join("files.txt");
+    let sql_file = scratch.path().join("query.sql");
+    std::fs::write(&list, files.join("\n"))?;
+    std::fs::write(&sql_file, sql)?;
+    let output = Command::new(python()?)
+        .arg("scripts/duckdb_query.py")
+        .arg(&list)
+        .arg(&sql_file)
+        .arg(repeats.to_string())
+        .output()
+        .context("running DuckDB")?;
+    if !output.status.success() {
+        bail!("DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(DuckDbRun {
+        times_ms: v["times_ms"]
+            .as_array()
+            .context("times")?
+            .iter()
+            .filter_map(|t| t.as_f64())
+            .collect(),
+        rows: serde_json::from_value(v["rows"].clone())?,
+        threads: v["threads"].to_string(),
+    })
+}
+
+pub(crate) fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+pub(crate) fn window_of(lake: &BenchLake) -> TimeWindow {
+    let end = DateTime::<Utc>::from_timestamp_nanos(lake.end_unix_nano as i64);
+    TimeWindow {
+        from: end - chrono::Duration::hours(lake.hours as i64),
+        to: end,
+    }
+}
+
+pub(crate) async fn run(spans: u64, hours: u64, data_dir: PathBuf, repeats: usize) -> anyhow::Result<ExitCode> {
+    println!(
+        "runledger query benchmark ({} cores): per-workflow metrics over {spans} spans in {hours} hour partitions",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let lake_info = build(&data_dir, spans, hours).await?;
+    let window = window_of(&lake_info);
+    let sql = workflow_sums_sql("spans", &window.predicate());
+
+    let lake = Lake::new(&data_dir, Duration::from_secs(3600));
+    let mut times = Vec::new();
+    let mut result = Vec::new();
+    for i in 0..=repeats {
+        let started = Instant::now();
+        let (ctx, _) = lake.session(false).await?;
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        // The first run opens the table and warms the OS cache, for both engines alike.
+        if i > 0 {
+            times.push(elapsed);
+        }
+        result = workflows_from_sums(&batches)?;
+    }
+    let ours = median(&mut times);
+    let mut duck = duckdb(&data_dir, &sql, repeats + 1).await?;
+    duck.times_ms.remove(0);
+    let theirs = median(&mut duck.times_ms);
+
+    // Both engines must agree before their times mean anything.
+    let our_runs: u64 = result.iter().map(|m| m.runs).sum();
+    let their_runs: u64 = duck.rows.iter().filter_map(|r| r.get(1)?.parse::<u64>().ok()).sum();
+    if our_runs != their_runs {
+        bail!("the engines disagree: runledger counted {our_runs} runs, DuckDB {their_runs}");
+    }
+    println!("workflows: {}, runs: {our_runs} (both engines agree)", result.len());
+    println!("runledger (DataFusion) per-workflow metrics: median {ours:>8.0} ms of {repeats}");
+    println!("DuckDB {} threads, same SQL, same files:     median {theirs:>8.0} ms of {repeats}", duck.threads);
+    println!("ratio runledger / DuckDB: {:.2} (<= 1.0: runledger at most as slow)", ours / theirs);
+    Ok(ExitCode::SUCCESS)
+}

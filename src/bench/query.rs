@@ -49,7 +49,11 @@ pub(crate) struct DuckDbRun {
 }
 
 /// Runs `sql` in DuckDB over the table's live files, `repeats` times.
-pub(crate) async fn duckdb(data_dir: &Path, sql: &str, repeats: usize) -> anyhow::Result<DuckDbRun> {
+pub(crate) async fn duckdb(
+    data_dir: &Path,
+    sql: &str,
+    repeats: usize,
+) -> anyhow::Result<DuckDbRun> {
     let files = live_files(data_dir).await?;
     let scratch = tempfile::tempdir()?;
     let list = scratch.path().join("files.txt");
@@ -92,7 +96,12 @@ pub(crate) fn window_of(lake: &BenchLake) -> TimeWindow {
     }
 }
 
-pub(crate) async fn run(spans: u64, hours: u64, data_dir: PathBuf, repeats: usize) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    spans: u64,
+    hours: u64,
+    data_dir: PathBuf,
+    repeats: usize,
+) -> anyhow::Result<ExitCode> {
     println!(
         "runledger query benchmark ({} cores): per-workflow metrics over {spans} spans in {hours} hour partitions",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -122,13 +131,26 @@ pub(crate) async fn run(spans: u64, hours: u64, data_dir: PathBuf, repeats: usiz
 
     // Both engines must agree before their times mean anything.
     let our_runs: u64 = result.iter().map(|m| m.runs).sum();
-    let their_runs: u64 = duck.rows.iter().filter_map(|r| r.get(1)?.parse::<u64>().ok()).sum();
+    let their_runs: u64 = duck
+        .rows
+        .iter()
+        .filter_map(|r| r.get(1)?.parse::<u64>().ok())
+        .sum();
     if our_runs != their_runs {
         bail!("the engines disagree: runledger counted {our_runs} runs, DuckDB {their_runs}");
     }
-    println!("workflows: {}, runs: {our_runs} (both engines agree)", result.len());
+    println!(
+        "workflows: {}, runs: {our_runs} (both engines agree)",
+        result.len()
+    );
     println!("runledger (DataFusion) per-workflow metrics: median {ours:>8.0} ms of {repeats}");
-    println!("DuckDB {} threads, same SQL, same files:     median {theirs:>8.0} ms of {repeats}", duck.threads);
-    println!("ratio runledger / DuckDB: {:.2} (<= 1.0: runledger at most as slow)", ours / theirs);
+    println!(
+        "DuckDB {} threads, same SQL, same files:     median {theirs:>8.0} ms of {repeats}",
+        duck.threads
+    );
+    println!(
+        "ratio runledger / DuckDB: {:.2} (<= 1.0: runledger at most as slow)",
+        ours / theirs
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -116,6 +116,23 @@ impl Server {
     pub fn drain_stdout(&self) -> Vec<String> {
         self.stdout.try_iter().collect()
     }
+
+    /// The first line of stdout that `matches`, waiting for it up to `timeout`.
+    pub fn wait_for_stdout(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        timeout: std::time::Duration,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if matches(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 impl Drop for Server {

@@ -1,0 +1,162 @@
+//! The analytics path end to end: `runledger gen` into `runledger serve` over gRPC, costs
+//! computed at flush, the API behind the generated admin token, and `runledger reprice`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fast_flush_config, query, Server};
+use serde_json::Value;
+
+fn runledger(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(args)
+        .env("RUNLEDGER_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "runledger {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{}{path}", server.api))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn total(data_dir: &Path, tier: &str, column: &str) -> f64 {
+    query(data_dir, &format!("SELECT sum({column}) AS v FROM {tier}"))[0]["v"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = Server::start(&data_dir, &fast_flush_config(""));
+    // No [[api.tokens]]: an admin token, 0600, and a login URL on stdout.
+    let token_path = data_dir.join("admin.token");
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let login = server.wait_for_stdout(
+        |l| l.contains("?token="),
+        std::time::Duration::from_secs(30),
+    );
+    assert!(
+        login
+            .as_deref()
+            .is_some_and(|l| l.ends_with(&format!("/?token={token}"))),
+        "{login:?}"
+    );
+
+    let sent = runledger(&[
+        "gen",
+        "--endpoint",
+        &server.grpc_endpoint(),
+        "--runs",
+        "150",
+        "--spread-hours",
+        "2",
+    ]);
+    assert!(sent.contains("failed 0"), "{sent}");
+    assert!(server.stop().success());
+
+    // Restarted: the same token still works; a wrong one does not.
+    let server = Server::start(&data_dir, &fast_flush_config(""));
+    assert_eq!(std::fs::read_to_string(&token_path).unwrap(), token);
+    let (status, _) = get(&server, "/api/v1/workflows", "rl_wrong_token_0000000000").await;
+    assert_eq!(status, 401);
+    let (status, body) = get(&server, "/api/v1/workflows", &token).await;
+    assert_eq!(status, 200, "{body}");
+    let workflows = body["workflows"].as_array().unwrap();
+    let runs: u64 = workflows.iter().map(|w| w["runs"].as_u64().unwrap()).sum();
+    assert_eq!(runs, 150);
+    let cost: f64 = workflows
+        .iter()
+        .map(|w| w["total_cost_usd"].as_f64().unwrap())
+        .sum();
+    assert!(cost > 0.0);
+    // Every model the generator uses is in the built-in table.
+    assert!(workflows.iter().all(|w| w["unpriced_spans"] == 0), "{body}");
+    // The API's cost equals the lake's, read by SQL.
+    let (_, by_model) = get(&server, "/api/v1/cost?group_by=model", &token).await;
+    let api_inference: f64 = by_model["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cost_usd"].as_f64().unwrap())
+        .sum();
+    let lake_inference = total(&data_dir, "redacted_spans", "cost_inference_usd");
+    assert!((api_inference - lake_inference).abs() < 1e-9);
+    assert!(server.stop().success());
+
+    // Reprice with a file of our own that makes gpt-4o cost 100 USD per million tokens.
+    let rows_before = query(&data_dir, "SELECT count(*) AS n FROM raw_spans")[0]["n"].clone();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "version = \"finance-2026-11\"\n[[model]]\nmatch = \"gpt-4o*\"\neffective_from = \"2020-01-01\"\ninput_per_mtok = 100.0\noutput_per_mtok = 100.0\n",
+    )
+    .unwrap();
+    let config = dir.path().join("reprice.toml");
+    std::fs::write(
+        &config,
+        format!("[pricing]\nfile = {:?}\n", prices.display().to_string()),
+    )
+    .unwrap();
+    let gpt4o_before = query(
+        &data_dir,
+        "SELECT sum(cost_inference_usd) AS v, sum(input_tokens) + sum(output_tokens) AS t FROM raw_spans WHERE request_model = 'gpt-4o'",
+    );
+    let out = runledger(&[
+        "reprice",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("price version 2026-11-01+finance-2026-11"),
+        "{out}"
+    );
+    let gpt4o_after = query(
+        &data_dir,
+        "SELECT sum(cost_inference_usd) AS v, min(price_version) AS pv, max(price_version) AS pv2 FROM raw_spans WHERE request_model = 'gpt-4o'",
+    );
+    let tokens = gpt4o_before[0]["t"].as_f64().unwrap();
+    let after = gpt4o_after[0]["v"].as_f64().unwrap();
+    assert!(tokens > 0.0);
+    assert!(
+        (after - tokens * 100.0 / 1e6).abs() < 1e-6,
+        "{after} vs {tokens}"
+    );
+    assert_ne!(gpt4o_before[0]["v"], gpt4o_after[0]["v"]);
+    assert_eq!(gpt4o_after[0]["pv"], "2026-11-01+finance-2026-11");
+    assert_eq!(gpt4o_after[0]["pv2"], "2026-11-01+finance-2026-11");
+    // Nothing lost or doubled, in either tier.
+    assert_eq!(
+        query(&data_dir, "SELECT count(*) AS n FROM raw_spans")[0]["n"],
+        rows_before
+    );
+    assert_eq!(
+        query(&data_dir, "SELECT count(*) AS n FROM redacted_spans")[0]["n"],
+        rows_before
+    );
+}

@@ -406,13 +406,15 @@ fn valid_ipv6(text: &str, range: Range<usize>) -> Option<Range<usize>> {
     candidate.parse::<std::net::Ipv6Addr>().ok().map(|_| range)
 }
 
-/// A value that looks generated rather than written: letters and digits mixed, and at least
-/// 3.5 bits of Shannon entropy per character.
+/// A value that looks generated rather than written: letters mixed with digits or with both
+/// cases (a random key need not hold a digit), and at least 3.5 bits of Shannon entropy per
+/// character.
 fn high_entropy(text: &str, range: Range<usize>) -> Option<Range<usize>> {
     let value = &text[range.clone()].as_bytes();
     let has_digit = value.iter().any(u8::is_ascii_digit);
-    let has_alpha = value.iter().any(u8::is_ascii_alphabetic);
-    if !(has_digit && has_alpha) {
+    let has_upper = value.iter().any(u8::is_ascii_uppercase);
+    let has_lower = value.iter().any(u8::is_ascii_lowercase);
+    if !((has_upper || has_lower) && (has_digit || (has_upper && has_lower))) {
         return None;
     }
     (shannon_entropy(value) >= 3.5).then_some(range)

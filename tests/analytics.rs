@@ -4,25 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{fast_flush_config, query, Server};
+use common::{fast_flush_config, ok, query, runledger, Server};
 use serde_json::Value;
-
-fn runledger(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(args)
-        .env("RUNLEDGER_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "runledger {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 async fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
@@ -66,15 +50,18 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
         "{login:?}"
     );
 
-    let sent = runledger(&[
-        "gen",
-        "--endpoint",
-        &server.grpc_endpoint(),
-        "--runs",
-        "150",
-        "--spread-hours",
-        "2",
-    ]);
+    let sent = ok(runledger(
+        &[
+            "gen",
+            "--endpoint",
+            &server.grpc_endpoint(),
+            "--runs",
+            "150",
+            "--spread-hours",
+            "2",
+        ],
+        &[],
+    ));
     assert!(sent.contains("failed 0"), "{sent}");
     assert!(server.stop().success());
 
@@ -125,13 +112,16 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
         &data_dir,
         "SELECT sum(cost_inference_usd) AS v, sum(input_tokens) + sum(output_tokens) AS t FROM raw_spans WHERE request_model = 'gpt-4o'",
     );
-    let out = runledger(&[
-        "reprice",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let out = ok(runledger(
+        &[
+            "reprice",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    ));
     assert!(
         out.contains("price version 2026-11-01+finance-2026-11"),
         "{out}"

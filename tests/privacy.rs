@@ -6,10 +6,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::Command;
 
 use common::otlp::{kv, request};
-use common::{fast_flush_config, query, run_python, Server};
+use common::{fast_flush_config, ok, query, run_python, runledger, Server};
 use opentelemetry_proto::tonic::trace::v1::span::Event;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
@@ -83,25 +82,6 @@ fn disk_text(data_dir: &Path, tier: &str) -> String {
 fn disk_files(data_dir: &Path, tier: &str) -> serde_json::Value {
     let out = run_python("scan_files.py", &[data_dir.join(tier).to_str().unwrap()]);
     serde_json::from_str(&out).unwrap()
-}
-
-fn runledger(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_runledger"));
-    command.args(args).env("RUNLEDGER_LOG", "warn");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().unwrap()
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "runledger failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn count(data_dir: &Path, sql: &str) -> i64 {

@@ -121,7 +121,6 @@ pub struct Pricer {
 impl Pricer {
     /// The built-in table, the user's file (if configured) and the tool and review rates.
     pub fn new(config: &PricingConfig) -> Result<Self, String> {
-        config.validate()?;
         let user = match &config.file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 format!(

@@ -22,6 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use datafusion::prelude::SessionContext;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -257,15 +258,28 @@ async fn whoami(
     Ok(Json(json!({"role": who.role, "name": who.name})))
 }
 
-/// A session over the redacted tier, or 404 when it has no table yet... except that an
-/// empty lake answers every aggregate with no rows rather than an error.
-async fn redacted_session(
+/// An aggregate request, checked: the caller may read aggregates, every parameter is `from`,
+/// `to` or one of `extra`. Returns the parameters, the window they name, and a session
+/// over the redacted tier.
+async fn aggregate_request(
     state: &ApiState,
-) -> ApiResult<Option<datafusion::prelude::SessionContext>> {
-    let (ctx, tiers) = state.lake.session(false).await?;
-    Ok(tiers
-        .contains(&runledger_schemas::Tier::Redacted)
-        .then_some(ctx))
+    headers: &HeaderMap,
+    query: Option<&str>,
+    extra: &[&str],
+) -> ApiResult<(BTreeMap<String, String>, TimeWindow, SessionContext)> {
+    state.authorize(headers, query, Role::Finance)?;
+    let allowed: Vec<&str> = ["from", "to"].iter().chain(extra).copied().collect();
+    let p = params(query, &allowed)?;
+    let window = window(&p)?;
+    let (ctx, _) = state.lake.session(false).await?;
+    Ok((p, window, ctx))
+}
+
+/// `{"from", "to", key: rows}`.
+fn windowed(window: &TimeWindow, key: &str, rows: impl serde::Serialize) -> Json<Value> {
+    let mut body = json!({"from": window.from.to_rfc3339(), "to": window.to.to_rfc3339()});
+    body[key] = json!(rows);
+    Json(body)
 }
 
 async fn workflows(
@@ -273,18 +287,9 @@ async fn workflows(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    state.authorize(&headers, q.as_deref(), Role::Finance)?;
-    let p = params(q.as_deref(), &["from", "to"])?;
-    let window = window(&p)?;
-    let rows = match redacted_session(&state).await? {
-        Some(ctx) => metrics::workflows(&ctx, SPANS, &window).await?,
-        None => Vec::new(),
-    };
-    Ok(Json(json!({
-        "from": window.from.to_rfc3339(),
-        "to": window.to.to_rfc3339(),
-        "workflows": rows,
-    })))
+    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
+    let rows = metrics::workflows(&ctx, SPANS, &window).await?;
+    Ok(windowed(&window, "workflows", rows))
 }
 
 async fn gates(
@@ -293,13 +298,8 @@ async fn gates(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    state.authorize(&headers, q.as_deref(), Role::Finance)?;
-    let p = params(q.as_deref(), &["from", "to"])?;
-    let window = window(&p)?;
-    let all = match redacted_session(&state).await? {
-        Some(ctx) => metrics::workflows(&ctx, SPANS, &window).await?,
-        None => Vec::new(),
-    };
+    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
+    let all = metrics::workflows(&ctx, SPANS, &window).await?;
     let measured = all
         .iter()
         .find(|m| m.workflow.as_deref() == Some(workflow.as_str()));
@@ -342,9 +342,8 @@ async fn cost(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    state.authorize(&headers, q.as_deref(), Role::Finance)?;
-    let p = params(q.as_deref(), &["group_by", "from", "to", "format"])?;
-    let window = window(&p)?;
+    let (p, window, ctx) =
+        aggregate_request(&state, &headers, q.as_deref(), &["group_by", "format"]).await?;
     let group: CostGroup = p
         .get("group_by")
         .map(String::as_str)
@@ -360,10 +359,7 @@ async fn cost(
             ))
         }
     };
-    let rows = match redacted_session(&state).await? {
-        Some(ctx) => metrics::cost(&ctx, SPANS, &window, group).await?,
-        None => Vec::new(),
-    };
+    let rows = metrics::cost(&ctx, SPANS, &window, group).await?;
     if !csv {
         return Ok(Json(json!({
             "group_by": p.get("group_by").map(String::as_str).unwrap_or("workflow"),
@@ -409,16 +405,9 @@ async fn tools(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    state.authorize(&headers, q.as_deref(), Role::Finance)?;
-    let p = params(q.as_deref(), &["from", "to"])?;
-    let window = window(&p)?;
-    let rows = match redacted_session(&state).await? {
-        Some(ctx) => metrics::tools(&ctx, SPANS, &window).await?,
-        None => Vec::new(),
-    };
-    Ok(Json(
-        json!({"from": window.from.to_rfc3339(), "to": window.to.to_rfc3339(), "tools": rows}),
-    ))
+    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
+    let rows = metrics::tools(&ctx, SPANS, &window).await?;
+    Ok(windowed(&window, "tools", rows))
 }
 
 async fn capabilities(
@@ -426,16 +415,9 @@ async fn capabilities(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    state.authorize(&headers, q.as_deref(), Role::Finance)?;
-    let p = params(q.as_deref(), &["from", "to"])?;
-    let window = window(&p)?;
-    let rows = match redacted_session(&state).await? {
-        Some(ctx) => metrics::capabilities(&ctx, SPANS, &window).await?,
-        None => Vec::new(),
-    };
-    Ok(Json(
-        json!({"from": window.from.to_rfc3339(), "to": window.to.to_rfc3339(), "capabilities": rows}),
-    ))
+    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
+    let rows = metrics::capabilities(&ctx, SPANS, &window).await?;
+    Ok(windowed(&window, "capabilities", rows))
 }
 
 #[derive(Debug, Deserialize)]
@@ -457,19 +439,12 @@ async fn sql(
             format!("the body must be {{\"sql\": \"...\"}}: {e}"),
         )
     })?;
-    let (ctx, tiers) = state.lake.session(true).await?;
-    let mut tables: Vec<&str> = Vec::new();
-    for tier in &tiers {
-        tables.push(crate::table_name(*tier));
-    }
-    if tiers.contains(&runledger_schemas::Tier::Redacted) {
-        tables.push(SPANS);
-        // `runs`: one row per run over all time, as the metrics define it.
-        let view = metrics::with_runs(SPANS, "true", "SELECT * FROM runs");
-        let plan = ctx.sql(&view).await?.into_view();
-        ctx.register_table("runs", plan)?;
-        tables.push("runs");
-    }
+    let (ctx, _) = state.lake.session(true).await?;
+    // `runs`: one row per run over all time, as the metrics define it.
+    let view = metrics::with_runs(SPANS, "true", "SELECT * FROM runs");
+    let plan = ctx.sql(&view).await?.into_view();
+    ctx.register_table("runs", plan)?;
+    let tables = [SPANS, "redacted_spans", "raw_spans", "runs"];
     crate::sql_guard::check(&request.sql, &tables)?;
     let options = datafusion::execution::context::SQLOptions::new()
         .with_allow_ddl(false)

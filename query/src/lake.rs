@@ -1,13 +1,15 @@
 //! The lake as DataFusion tables, refreshed as collectors commit.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use runledger_lake::table_path;
-use runledger_schemas::Tier;
+use runledger_schemas::{span_table_schema, Tier};
 use tokio::sync::Mutex;
 
 use crate::QueryError;
@@ -20,8 +22,8 @@ pub fn table_name(tier: Tier) -> &'static str {
     }
 }
 
-/// The name aggregates and run lookups read: the redacted tier, the long-lived one that
-/// every role except finance-restricted reads may see.
+/// The name aggregates and run lookups read: the redacted tier, the long-lived one that no
+/// role needs the raw-tier privilege for.
 pub(crate) const SPANS: &str = "spans";
 
 struct Loaded {
@@ -73,7 +75,9 @@ impl Lake {
     }
 
     /// A session with the tiers registered: `spans` and `redacted_spans` (the redacted
-    /// tier), and `raw_spans` when `with_raw`. Returns the tiers found.
+    /// tier), and `raw_spans` when `with_raw`. A tier with no table yet is registered as an
+    /// empty table of the span schema, so that every query runs and an empty lake answers
+    /// with no rows. Returns the tiers that have data.
     pub async fn session(&self, with_raw: bool) -> Result<(SessionContext, Vec<Tier>), QueryError> {
         let tables = self.current_tables().await?;
         let runtime = RuntimeEnvBuilder::new()
@@ -98,6 +102,16 @@ impl Lake {
                 ctx.register_table(SPANS, provider)?;
             }
             found.push(tier);
+        }
+        for tier in Tier::ALL {
+            if found.contains(&tier) || (tier == Tier::Raw && !with_raw) {
+                continue;
+            }
+            let empty = Arc::new(MemTable::try_new(span_table_schema(), vec![vec![]])?);
+            ctx.register_table(table_name(tier), empty.clone())?;
+            if tier == Tier::Redacted {
+                ctx.register_table(SPANS, empty)?;
+            }
         }
         Ok((ctx, found))
     }

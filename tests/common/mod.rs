@@ -322,3 +322,24 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.write_all(data).unwrap();
     encoder.finish().unwrap()
 }
+
+/// Runs the `runledger` binary with `args` (and extra environment), quietly.
+pub fn runledger(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"));
+    command.args(args).env("RUNLEDGER_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+/// The stdout of a run that must have succeeded; its output otherwise.
+pub fn ok(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "runledger failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}

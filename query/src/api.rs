@@ -5,12 +5,15 @@
 //! | `GET /healthz`, `GET /api/v1/openapi.json` | none |
 //! | `GET /api/v1/whoami` | any |
 //! | `GET /api/v1/workflows`, `/cost`, `/workflows/{workflow}/gates`, `/tools`, `/agents/capabilities` | finance |
-//! | `POST /api/v1/sql` | admin |
+//! | `GET /api/v1/runs`, `GET /api/v1/runs/{run_id}` | oncall |
+//! | `GET /api/v1/runs/{run_id}?tier=raw` | raw (the read is audited) |
+//! | `POST /api/v1/sql`, `GET /api/v1/audit` | admin |
 //!
 //! Roles are ordered (finance < oncall < raw < admin): each reads what the one before reads.
 //! No token or an unknown one is 401, a known token with too small a role is 403. Bad
 //! parameters are 400 with `{"error": "..."}` saying what to fix.
 
+pub mod audit;
 pub mod auth;
 
 use std::collections::BTreeMap;
@@ -29,8 +32,11 @@ use serde_json::{json, Value};
 
 use crate::lake::SPANS;
 use crate::metrics::{self, CostGroup};
+use crate::runs::{self, Cursor, RunFilter};
 use crate::{ApiConfig, GatesConfig, Lake, QueryError, Role, TimeWindow};
+use audit::{AuditEntry, AuditLog};
 pub use auth::{load_or_create_admin_token, Principal, Tokens};
+use runledger_schemas::Tier;
 
 /// The OpenAPI document of this API (`schemas/openapi.json`).
 pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
@@ -48,12 +54,15 @@ pub struct ApiState {
     pub sql_timeout: Duration,
     /// Row limit of ad-hoc SQL.
     pub sql_max_rows: usize,
+    /// Who read what from the raw tier.
+    pub audit: AuditLog,
 }
 
 impl ApiState {
     /// State from config; `tokens` already include a generated admin token if any.
     pub fn new(lake: Arc<Lake>, api: &ApiConfig, tokens: Tokens, gates: GatesConfig) -> Self {
         Self {
+            audit: AuditLog::new(lake.data_dir()),
             lake,
             tokens,
             gates,
@@ -221,6 +230,9 @@ pub fn api_routes() -> Vec<(&'static str, &'static str, MethodRouter<Shared>)> {
         ("GET", "/api/v1/cost", get(cost)),
         ("GET", "/api/v1/tools", get(tools)),
         ("GET", "/api/v1/agents/capabilities", get(capabilities)),
+        ("GET", "/api/v1/runs", get(list_runs)),
+        ("GET", "/api/v1/runs/{run_id}", get(run)),
+        ("GET", "/api/v1/audit", get(audit_log)),
         ("POST", "/api/v1/sql", post(sql)),
     ]
 }
@@ -515,4 +527,165 @@ async fn sql(
         "truncated": truncated,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
     })))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn run(
+    State(state): State<Shared>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let who = state.authorize(&headers, q.as_deref(), Role::Oncall)?;
+    let p = params(q.as_deref(), &["tier"])?;
+    let tier = match p.get("tier").map(String::as_str) {
+        None | Some("redacted") => Tier::Redacted,
+        Some("raw") if who.role >= Role::Raw => Tier::Raw,
+        Some("raw") => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {} role cannot read the raw tier: it needs the raw role or above",
+                    who.role
+                ),
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`tier` must be redacted or raw, not `{other}`"),
+            ))
+        }
+    };
+    if tier == Tier::Raw {
+        let entry = AuditEntry {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            who: who.name.clone(),
+            role: who.role,
+            action: "read_run".into(),
+            tier: tier.as_str().into(),
+            run_id: run_id.clone(),
+        };
+        state.audit.append(&entry).map_err(|e| {
+            tracing::error!(error = %e, path = %state.audit.path().display(), "audit log not written");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the read could not be recorded in the audit log, so it is refused",
+            )
+        })?;
+    }
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no run `{run_id}` in the {} tier", tier.as_str()),
+        )
+    };
+    match runs::lookup(&state.lake, tier, &run_id).await {
+        Ok(Some(view)) => Ok(Json(serde_json::to_value(view).map_err(internal)?)),
+        Ok(None) | Err(QueryError::NoTier(_)) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs per page unless `limit` says otherwise, and the most it may say.
+const RUNS_PAGE: usize = 50;
+const RUNS_PAGE_MAX: usize = 1000;
+
+async fn list_runs(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Oncall)?;
+    let p = params(
+        q.as_deref(),
+        &[
+            "workflow", "agent", "customer", "outcome", "ref", "min_cost", "from", "to", "limit",
+            "cursor",
+        ],
+    )?;
+    let window = window(&p)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let limit = match p.get("limit") {
+        None => RUNS_PAGE,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=RUNS_PAGE_MAX).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "`limit` must be a whole number from 1 to {RUNS_PAGE_MAX}, not `{text}`"
+                )))
+            }
+        },
+    };
+    let min_cost = match p.get("min_cost") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| bad(format!("`min_cost` must be a number of USD, not `{text}`")))?,
+        ),
+    };
+    let outcome = p.get("outcome").cloned();
+    if let Some(o) = outcome.as_deref() {
+        if !["success", "failure", "escalated", "none"].contains(&o) {
+            return Err(bad(format!(
+                "`outcome` must be success, failure, escalated or none, not `{o}`"
+            )));
+        }
+    }
+    let cursor = p.get("cursor").map(|c| Cursor::decode(c)).transpose()?;
+    let filter = RunFilter {
+        workflow: p.get("workflow").cloned(),
+        agent: p.get("agent").cloned(),
+        customer: p.get("customer").cloned(),
+        outcome,
+        external_ref: p.get("ref").cloned(),
+        min_cost,
+    };
+    let explicit_window = p.contains_key("from") || p.contains_key("to");
+    let page = match runs::list(
+        &state.lake,
+        &filter,
+        &window,
+        explicit_window,
+        limit,
+        cursor.as_ref(),
+    )
+    .await
+    {
+        Err(QueryError::NoTier(_)) => runs::RunsPage {
+            runs: Vec::new(),
+            next_cursor: None,
+        },
+        other => other?,
+    };
+    Ok(Json(serde_json::to_value(page).map_err(internal)?))
+}
+
+async fn audit_log(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    state.authorize(&headers, q.as_deref(), Role::Admin)?;
+    let p = params(q.as_deref(), &["limit"])?;
+    let limit = match p.get("limit") {
+        None => 1000,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`limit` must be a positive whole number, not `{text}`"),
+                )
+            })?,
+    };
+    let entries = state.audit.tail(limit).map_err(internal)?;
+    Ok(Json(json!({ "entries": entries })))
 }

@@ -12,6 +12,7 @@ use runledger_lake::table_path;
 use runledger_schemas::{span_table_schema, Tier};
 use tokio::sync::Mutex;
 
+use crate::run_index::RunIndex;
 use crate::QueryError;
 
 /// The SQL name of a tier's span table.
@@ -38,6 +39,7 @@ pub struct Lake {
     refresh_every: Duration,
     memory_limit: usize,
     loaded: Mutex<Loaded>,
+    indexes: Mutex<Vec<(Tier, RunIndex)>>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -59,6 +61,7 @@ impl Lake {
                 tables: Vec::new(),
                 refreshed: None,
             }),
+            indexes: Mutex::new(Vec::new()),
         }
     }
 
@@ -167,6 +170,42 @@ impl Lake {
             loaded.refreshed = Some(Instant::now());
         }
         Ok(loaded.tables.clone())
+    }
+
+    /// Calls `f` with the [run index](crate::run_index) of `tier`, first brought up to the
+    /// table's current version (new files indexed, removed ones forgotten).
+    pub async fn run_index<R>(
+        &self,
+        tier: Tier,
+        f: impl FnOnce(&RunIndex) -> R,
+    ) -> Result<R, QueryError> {
+        let tables = self.current_tables().await?;
+        let Some((_, table)) = tables.into_iter().find(|(t, _)| *t == tier) else {
+            return Err(QueryError::NoTier(tier));
+        };
+        let version = table.version().unwrap_or(0);
+        let mut indexes = self.indexes.lock().await;
+        let position = match indexes.iter().position(|(t, _)| *t == tier) {
+            Some(i) => i,
+            None => {
+                let table_dir = table_path(&self.data_dir, tier);
+                let sidecars = self.data_dir.join(tier.as_str()).join("run_index");
+                indexes.push((tier, RunIndex::new(&table_dir, &sidecars)));
+                indexes.len() - 1
+            }
+        };
+        let index = &mut indexes[position].1;
+        if index.version() != Some(version) {
+            use futures::TryStreamExt as _;
+            let files: Vec<_> = table
+                .get_active_add_actions_by_partitions(&[])
+                .try_collect()
+                .await
+                .map_err(|source| self.open_error(tier, source))?;
+            let keys = files.iter().map(|f| f.path().to_string()).collect();
+            index.sync(version, keys).await?;
+        }
+        Ok(f(index))
     }
 
     /// Forces the next query to re-read the tables' logs.

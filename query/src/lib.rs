@@ -8,6 +8,8 @@
 //!  metrics.rs: one SQL text per metric over a time window (runs, workflows, cost, gates,
 //!  tools, capabilities), shared by the API and the benchmark that runs it in DuckDB too
 //!        ▼
+//!  run_index.rs + runs.rs: run id / external ref -> files -> one run as a tree
+//!        ▼
 //!  api.rs: axum routes, role-scoped bearer tokens, JSON and CSV
 //! ```
 //!
@@ -20,6 +22,8 @@ pub mod config;
 mod lake;
 pub mod metrics;
 mod rows;
+pub mod run_index;
+pub mod runs;
 pub mod sql_guard;
 mod window;
 
@@ -52,6 +56,9 @@ pub enum QueryError {
     /// A request was malformed: the message says what to fix.
     #[error("{0}")]
     BadRequest(String),
+    /// The run index could not be built or read.
+    #[error("run index: {0}")]
+    Index(String),
     /// The tier a request needs is not enabled or has no data yet.
     #[error("the {0} tier has no table in this data directory")]
     NoTier(Tier),

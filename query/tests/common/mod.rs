@@ -118,15 +118,20 @@ pub fn golden_runs(seed: u64, n: usize) -> Vec<Run> {
         .collect()
 }
 
-fn kv(key: &str, value: Value) -> KeyValue {
+pub fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(value) }),
         ..Default::default()
     }
 }
-fn s(v: &str) -> Value {
+pub fn s(v: &str) -> Value {
     Value::StringValue(v.into())
+}
+
+/// The external ref that the `k`th tool call of a run leaves when it is a successful write.
+pub fn external_ref(run_id: &str, k: usize) -> String {
+    format!("RF-{run_id}-{k}")
 }
 
 /// The run's spans, as an SDK would send them.
@@ -192,7 +197,7 @@ pub fn spans_of(run: &Run, index: usize) -> Vec<Span> {
         ));
         offset += 200;
     }
-    for tool in &run.tools {
+    for (k, tool) in run.tools.iter().enumerate() {
         let mut attrs = vec![
             kv("gen_ai.operation.name", s("execute_tool")),
             kv("gen_ai.tool.name", s(tool.name)),
@@ -208,6 +213,9 @@ pub fn spans_of(run: &Run, index: usize) -> Vec<Span> {
         ];
         if tool.incorrect {
             attrs.push(kv("runledger.action.correct", Value::BoolValue(false)));
+        }
+        if tool.write && !tool.error {
+            attrs.push(kv("runledger.action.ref", s(&external_ref(&run.id, k))));
         }
         spans.push(child(
             &format!("execute_tool {}", tool.name),
@@ -287,6 +295,11 @@ pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 /// Writes the runs to the redacted tier of `data_dir` (and the raw tier, unredacted: the
 /// metrics do not depend on redaction), in a few commits, as a collector would.
 pub async fn write_lake(data_dir: &Path, runs: &[Run]) {
+    write_lake_as(data_dir, runs, "golden").await
+}
+
+/// [`write_lake`] as the writer `app` (commits are idempotent per writer and commit number).
+pub async fn write_lake_as(data_dir: &Path, runs: &[Run], app: &str) {
     let normalizer = Normalizer::new(&ProcessorConfig::default()).unwrap();
     let pricer = Pricer::new(&PricingConfig {
         review_hourly_usd: Some(REVIEW_HOURLY_USD),
@@ -309,7 +322,7 @@ pub async fn write_lake(data_dir: &Path, runs: &[Run]) {
             let (priced, _) = pricer.price_batch(&batch).unwrap();
             let sorted = sort_for_lake(&[priced]).unwrap();
             table
-                .append(sorted.as_ref(), "golden", commit as i64)
+                .append(sorted.as_ref(), app, commit as i64)
                 .await
                 .unwrap();
         }

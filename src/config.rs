@@ -37,6 +37,8 @@ pub struct RunledgerConfig {
     pub api: ApiConfig,
     /// Graduation-gate thresholds.
     pub gates: GatesConfig,
+    /// Spend budgets (`[[budgets]]`): daily or monthly, per workflow, agent or customer.
+    pub budgets: Vec<runledger_query::budgets::BudgetConfig>,
 }
 
 /// Where runledger listens and keeps its data.
@@ -91,6 +93,7 @@ impl RunledgerConfig {
             .and_then(|()| self.api.validate())
             .and_then(|()| self.gates.validate())
             .and_then(|()| self.maintenance.validate())
+            .and_then(|()| self.budgets.iter().try_for_each(|b| b.validate()))
             .map_err(|e| anyhow::anyhow!(e))
     }
 

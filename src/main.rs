@@ -2,12 +2,16 @@
 //!
 //! - `serve`: the collector (OTLP gRPC and HTTP), the flush into the lake, and the API.
 //! - `gen`: the sample-data generator, sending realistic agent traffic over OTLP.
+//! - `demo`: a server with replayed sample traffic and the dashboard, in one command.
+//! - `run`: one run as a tree with a waterfall, from the lake or the API.
 //! - `bench`: the benchmarks documented in the README.
 
 mod bench;
 mod config;
+mod demo;
 mod gen;
 mod maintain;
+mod run;
 mod serve;
 
 use std::process::ExitCode;
@@ -44,6 +48,11 @@ enum Command {
     Erase(maintain::EraseArgs),
     /// Compact the small files of closed hours, ordered by run, then vacuum after a grace period.
     Compact(maintain::CompactArgs),
+    /// Start a server on a local data dir, replay sample agent traffic through OTLP, print a
+    /// summary and the dashboard URL, and serve until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Show one run: its tree of spans, durations, tool calls, retries, errors, refs and costs.
+    Run(run::RunArgs),
     /// Recompute the costs of stored spans with the current price table.
     Reprice(maintain::RepriceArgs),
 }
@@ -82,6 +91,8 @@ fn main() -> ExitCode {
             Command::Erase(args) => maintain::erase(args).await,
             Command::Compact(args) => maintain::compact(args).await,
             Command::Reprice(args) => maintain::reprice(args).await,
+            Command::Run(args) => run::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

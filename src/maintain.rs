@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,6 +316,62 @@ pub(crate) async fn compact(args: CompactArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What periodic maintenance did, for `GET /metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    retention_passes: AtomicU64,
+    retention_actions: AtomicU64,
+    compaction_passes: AtomicU64,
+    compaction_actions: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn shared() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub(crate) fn write(&self, out: &mut runledger_query::api::telemetry::Exposition) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        out.help(
+            "runledger_maintenance_passes_total",
+            "counter",
+            "Periodic retention and compaction passes.",
+        );
+        out.sample(
+            "runledger_maintenance_passes_total",
+            &[("job", "retention")],
+            get(&self.retention_passes),
+        );
+        out.sample(
+            "runledger_maintenance_passes_total",
+            &[("job", "compaction")],
+            get(&self.compaction_passes),
+        );
+        out.help(
+            "runledger_maintenance_actions_total",
+            "counter",
+            "Tier-level actions taken (partitions deleted and vacuumed, hours compacted).",
+        );
+        out.sample(
+            "runledger_maintenance_actions_total",
+            &[("job", "retention")],
+            get(&self.retention_actions),
+        );
+        out.sample(
+            "runledger_maintenance_actions_total",
+            &[("job", "compaction")],
+            get(&self.compaction_actions),
+        );
+        out.single(
+            "runledger_maintenance_failures_total",
+            "counter",
+            "Failed retention or compaction passes (retried at the next tick).",
+            get(&self.failures),
+        );
+    }
+}
+
 /// Retention and compaction on a timer, inside `serve`, on a thread of their own so that
 /// rewriting Parquet never competes with the receivers' async threads.
 pub(crate) struct Periodic {
@@ -323,7 +380,7 @@ pub(crate) struct Periodic {
 }
 
 impl Periodic {
-    pub(crate) fn start(config: &RunledgerConfig) -> Self {
+    pub(crate) fn start(config: &RunledgerConfig, counters: Arc<Counters>) -> Self {
         let retention_every = config.maintenance.retention_every();
         let compaction_every = config.maintenance.compaction_every();
         if retention_every.is_none() && compaction_every.is_none() {
@@ -350,19 +407,29 @@ impl Periodic {
                         tokio::select! {
                             _ = stopped.changed() => return,
                             _ = retention.tick(), if retention_every.is_some() => {
+                                counters.retention_passes.fetch_add(1, Ordering::Relaxed);
                                 match apply_retention(&config, Utc::now(), false).await {
                                     Ok(lines) => for line in lines {
+                                        counters.retention_actions.fetch_add(1, Ordering::Relaxed);
                                         tracing::info!("retention: {line}");
                                     },
-                                    Err(e) => tracing::error!("retention failed: {e:#}"),
+                                    Err(e) => {
+                                        counters.failures.fetch_add(1, Ordering::Relaxed);
+                                        tracing::error!("retention failed: {e:#}");
+                                    }
                                 }
                             }
                             _ = compaction.tick(), if compaction_every.is_some() => {
+                                counters.compaction_passes.fetch_add(1, Ordering::Relaxed);
                                 match apply_compaction(&config, Utc::now()).await {
                                     Ok(lines) => for line in lines {
+                                        counters.compaction_actions.fetch_add(1, Ordering::Relaxed);
                                         tracing::info!("compaction: {line}");
                                     },
-                                    Err(e) => tracing::error!("compaction failed: {e:#}"),
+                                    Err(e) => {
+                                        counters.failures.fetch_add(1, Ordering::Relaxed);
+                                        tracing::error!("compaction failed: {e:#}");
+                                    }
                                 }
                             }
                         }

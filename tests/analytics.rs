@@ -1,5 +1,6 @@
 //! The analytics path end to end: `runledger gen` into `runledger serve` over gRPC, costs
-//! computed at flush, the API behind the generated admin token, and `runledger reprice`.
+//! computed at flush, the API behind the generated admin token, run lookup through the API and
+//! `runledger run`, and `runledger reprice`.
 
 mod common;
 
@@ -92,7 +93,80 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
         .sum();
     let lake_inference = total(&data_dir, "redacted_spans", "cost_inference_usd");
     assert!((api_inference - lake_inference).abs() < 1e-9);
+
+    // Run lookup: the list, one run by id, the same run by one of its external refs, and
+    // `runledger run` through the API and from the lake, all agreeing.
+    let (status, page) = get(&server, "/api/v1/runs?limit=1000", &token).await;
+    assert_eq!(status, 200, "{page}");
+    let listed = page["runs"].as_array().unwrap();
+    assert_eq!(listed.len(), 150);
+    let with_ref = query(
+        &data_dir,
+        "SELECT run_id, external_ref FROM redacted_spans WHERE external_ref IS NOT NULL ORDER BY run_id LIMIT 1",
+    );
+    let run_id = with_ref[0]["run_id"].as_str().unwrap().to_string();
+    let external_ref = with_ref[0]["external_ref"].as_str().unwrap().to_string();
+    let (status, view) = get(&server, &format!("/api/v1/runs/{run_id}"), &token).await;
+    assert_eq!(status, 200, "{view}");
+    let spans = query(
+        &data_dir,
+        &format!(
+            "SELECT count(DISTINCT span_id) AS n FROM redacted_spans WHERE run_id = '{run_id}'"
+        ),
+    )[0]["n"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(view["spans"].as_array().unwrap().len() as u64, spans);
+    let listed_run = listed
+        .iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap();
+    assert_eq!(listed_run["spans"], spans);
+    assert!(
+        (listed_run["cost_usd"].as_f64().unwrap() - view["cost_usd"].as_f64().unwrap()).abs()
+            < 1e-9
+    );
+    let (_, by_ref) = get(&server, &format!("/api/v1/runs?ref={external_ref}"), &token).await;
+    assert_eq!(by_ref["runs"][0]["run_id"], run_id.as_str(), "{by_ref}");
+    let api_url = format!("http://{}", server.api);
+    let via_api: Value = serde_json::from_str(&ok(runledger(
+        &[
+            "run", &run_id, "--api", &api_url, "--token", &token, "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(via_api, view);
+    let tree = ok(runledger(
+        &["run", &run_id, "--api", &api_url],
+        &[("RUNLEDGER_TOKEN", token.as_str())],
+    ));
+    assert!(tree.starts_with(&format!("run {run_id}")), "{tree}");
+    assert!(tree.contains(&format!("ref {external_ref}")), "{tree}");
+    assert!(tree.lines().all(|l| l.chars().count() <= 80), "{tree}");
     assert!(server.stop().success());
+    let from_lake: Value = serde_json::from_str(&ok(runledger(
+        &[
+            "run",
+            &run_id,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(from_lake, view);
+    let missing = runledger(
+        &[
+            "run",
+            "run-that-never-was",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2));
 
     // Reprice with a file of our own that makes gpt-4o cost 100 USD per million tokens.
     let rows_before = query(&data_dir, "SELECT count(*) AS n FROM raw_spans")[0]["n"].clone();

@@ -54,7 +54,7 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
         Err(error) => return error_response(&error, encoding),
     };
     match decode(&ingest, &headers, body, encoding).await {
-        Ok((request, wire_bytes)) => match ingest.export(request, wire_bytes).await {
+        Ok((request, wire_bytes)) => match ingest.export(request, Some(wire_bytes)).await {
             Ok(outcome) => {
                 let response = outcome.into_response();
                 let body = match encoding {

@@ -123,21 +123,29 @@ impl Ingest {
     }
 
     /// Normalises the request on the blocking pool, appends the accepted spans to the WAL,
-    /// and returns once they are durable.
+    /// and returns once they are durable. `payload_bytes` is the body as sent when the
+    /// transport knows it (HTTP); without it (gRPC) the message's protobuf size is counted.
     pub async fn export(
         &self,
         request: ExportTraceServiceRequest,
-        payload_bytes: usize,
+        payload_bytes: Option<usize>,
     ) -> Result<ExportOutcome, IngestError> {
         CollectorMetrics::add(&self.metrics.requests, 1);
-        CollectorMetrics::add(&self.metrics.bytes_received, payload_bytes as u64);
+        if let Some(bytes) = payload_bytes {
+            CollectorMetrics::add(&self.metrics.bytes_received, bytes as u64);
+        }
         let span_count = runledger_processor::span_count(&request);
         CollectorMetrics::add(&self.metrics.spans_received, span_count as u64);
         if span_count == 0 {
             return Ok(ExportOutcome::default());
         }
         let normalizer = self.normalizer.clone();
+        let metrics = Arc::clone(&self.metrics);
         let (normalized, payload) = tokio::task::spawn_blocking(move || {
+            if payload_bytes.is_none() {
+                use prost::Message as _;
+                CollectorMetrics::add(&metrics.bytes_received, request.encoded_len() as u64);
+            }
             let normalized = normalizer.normalize(&request, SystemTime::now());
             let payload = normalized.batch.as_ref().map(encode_batch);
             (normalized, payload)

@@ -22,7 +22,8 @@ pub struct CollectorMetrics {
     pub requests_too_large: AtomicU64,
     /// Requests refused because the collector was overloaded.
     pub requests_overloaded: AtomicU64,
-    /// Bytes of request payloads received (as sent, before decompression).
+    /// Bytes of request payloads received: the body as sent (before decompression) over
+    /// HTTP, the protobuf message size over gRPC.
     pub bytes_received: AtomicU64,
     /// Records appended to the WAL.
     pub wal_records: AtomicU64,

@@ -64,6 +64,7 @@ pub struct Collector {
     flusher: std::thread::JoinHandle<()>,
     shutting_down: Arc<AtomicBool>,
     recovered_segments: usize,
+    budget: MemoryBudget,
 }
 
 impl std::fmt::Debug for Collector {
@@ -192,6 +193,7 @@ impl Collector {
                 source,
             })?;
 
+        let queue = budget.clone();
         let ingest = Arc::new(Ingest::new(
             normalizer,
             wal,
@@ -259,6 +261,7 @@ impl Collector {
             flusher,
             shutting_down,
             recovered_segments,
+            budget: queue,
         })
     }
 
@@ -270,6 +273,17 @@ impl Collector {
     /// The collector's counters.
     pub fn metrics(&self) -> Arc<CollectorMetrics> {
         self.metrics.clone()
+    }
+
+    /// Bytes of accepted exports not yet committed to the lake (the ingest queue), and the
+    /// limit past which exports are refused with UNAVAILABLE / 503.
+    pub fn queue_bytes(&self) -> (usize, usize) {
+        (self.budget.used(), self.budget.limit())
+    }
+
+    /// The ingest memory budget, to read the queue depth from elsewhere.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        self.budget.clone()
     }
 
     /// How many WAL segments were replayed at start.

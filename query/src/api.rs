@@ -7,7 +7,12 @@
 //! | `GET /api/v1/workflows`, `/cost`, `/workflows/{workflow}/gates`, `/tools`, `/agents/capabilities` | finance |
 //! | `GET /api/v1/runs`, `GET /api/v1/runs/{run_id}` | oncall |
 //! | `GET /api/v1/runs/{run_id}?tier=raw` | raw (the read is audited) |
+//! | `GET /api/v1/budgets`, `GET /api/v1/runs/runaway` | finance |
 //! | `POST /api/v1/sql`, `GET /api/v1/audit` | admin |
+//! | `GET /metrics` | none, or `api.metrics_token` |
+//!
+//! Aggregate answers go through a [response cache](cache) (fresh for `api.cache_ttl`, then
+//! served stale while recomputed), so the dashboard stays fast over a large lake.
 //!
 //! Roles are ordered (finance < oncall < raw < admin): each reads what the one before reads.
 //! No token or an unknown one is 401, a known token with too small a role is 403. Bad
@@ -15,6 +20,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +63,16 @@ pub struct ApiState {
     pub sql_max_rows: usize,
     /// Who read what from the raw tier.
     pub audit: AuditLog,
+    /// Budgets (`[[budgets]]`).
+    pub budgets: Vec<crate::budgets::BudgetConfig>,
+    /// Aggregate answers.
+    pub cache: Arc<cache::ResponseCache>,
+    /// Latency and status codes by route.
+    pub route_stats: telemetry::RouteStats,
+    /// Series of the other parts (the collector), for `/metrics`.
+    pub metrics_source: Option<telemetry::MetricsSource>,
+    /// The token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
 }
 
 impl ApiState {
@@ -68,7 +85,27 @@ impl ApiState {
             gates,
             sql_timeout: api.sql_time_limit(),
             sql_max_rows: api.sql_max_rows,
+            budgets: Vec::new(),
+            cache: {
+                let (ttl, max_stale) = api.cache_times();
+                Arc::new(cache::ResponseCache::new(ttl, max_stale))
+            },
+            route_stats: telemetry::RouteStats::default(),
+            metrics_source: None,
+            metrics_token: api.metrics_token.clone(),
         }
+    }
+
+    /// With budgets.
+    pub fn with_budgets(mut self, budgets: Vec<crate::budgets::BudgetConfig>) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// With the series of other parts on `/metrics`.
+    pub fn with_metrics_source(mut self, source: telemetry::MetricsSource) -> Self {
+        self.metrics_source = Some(source);
+        self
     }
 }
 
@@ -230,6 +267,9 @@ pub fn api_routes() -> Vec<(&'static str, &'static str, MethodRouter<Shared>)> {
         ("GET", "/api/v1/cost", get(cost)),
         ("GET", "/api/v1/tools", get(tools)),
         ("GET", "/api/v1/agents/capabilities", get(capabilities)),
+        ("GET", "/metrics", get(prometheus)),
+        ("GET", "/api/v1/budgets", get(budgets)),
+        ("GET", "/api/v1/runs/runaway", get(runaway)),
         ("GET", "/api/v1/runs", get(list_runs)),
         ("GET", "/api/v1/runs/{run_id}", get(run)),
         ("GET", "/api/v1/audit", get(audit_log)),
@@ -243,7 +283,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
     for (_, path, method_router) in api_routes() {
         router = router.route(path, method_router);
     }
+    router = crate::web::routes(router);
     router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            track_route,
+        ))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -251,6 +296,25 @@ pub fn router(state: Arc<ApiState>) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// Records each request's latency and status under its route template.
+async fn track_route(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .route_stats
+        .record(&route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 async fn health() -> Json<Value> {
@@ -270,47 +334,129 @@ async fn whoami(
     Ok(Json(json!({"role": who.role, "name": who.name})))
 }
 
-/// An aggregate request, checked: the caller may read aggregates, every parameter is `from`,
-/// `to` or one of `extra`. Returns the parameters, the window they name, and a session
-/// over the redacted tier.
-async fn aggregate_request(
-    state: &ApiState,
+/// An aggregate request, checked (the caller may read aggregates, every parameter is `from`,
+/// `to` or one of `extra`, the window parses), then answered from the response cache or by
+/// `compute`, which gets the parameters again so that a background refresh re-reads "now".
+async fn cached_aggregate<F, Fut>(
+    state: &Shared,
+    route: &str,
     headers: &HeaderMap,
     query: Option<&str>,
     extra: &[&str],
-) -> ApiResult<(BTreeMap<String, String>, TimeWindow, SessionContext)> {
+    compute: F,
+) -> ApiResult<Arc<Value>>
+where
+    F: FnOnce(Shared, BTreeMap<String, String>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Value>> + Send + 'static,
+{
     state.authorize(headers, query, Role::Finance)?;
     let allowed: Vec<&str> = ["from", "to"].iter().chain(extra).copied().collect();
     let p = params(query, &allowed)?;
-    let window = window(&p)?;
+    window(&p)?;
+    let key = cache_key(route, &p);
+    let work = compute(Arc::clone(state), p);
+    state.cache.get_or_compute(key, move || work).await
+}
+
+fn cache_key(route: &str, p: &Params) -> String {
+    format!("{route}?{}", serde_json::to_string(p).unwrap_or_default())
+}
+
+/// Computes, into the response cache, the answers the dashboard's overview asks for first
+/// (its default window: the last `hours` hours from the start of the current hour), so
+/// that the first visitor after a start does not wait for scans.
+pub async fn warm_overview(state: Shared, hours: i64) -> ApiResult<()> {
+    use chrono::{DurationRound as _, TimeDelta};
+    let now = chrono::Utc::now();
+    let hour = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now);
+    let from = (hour - TimeDelta::hours(hours))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let p = |extra: &[(&str, &str)]| {
+        let mut p: Params = BTreeMap::new();
+        p.insert("from".into(), from.clone());
+        for (k, v) in extra {
+            p.insert((*k).into(), (*v).into());
+        }
+        p
+    };
+    let warm = |route: &str, p: Params| (cache_key(route, &p), p);
+    let (key, params) = warm("workflows", p(&[]));
+    let all = state
+        .cache
+        .get_or_compute(key, || compute_workflows(Arc::clone(&state), params))
+        .await?;
+    let (key, params) = warm("cost", p(&[("group_by", "day")]));
+    state
+        .cache
+        .get_or_compute(key, || compute_cost(Arc::clone(&state), params))
+        .await?;
+    let (key, params) = warm("runaway", p(&[("limit", "20")]));
+    state
+        .cache
+        .get_or_compute(key, || compute_runaway(Arc::clone(&state), params))
+        .await?;
+    for workflow in all["workflows"].as_array().into_iter().flatten() {
+        if let Some(name) = workflow["workflow"].as_str() {
+            let (key, params) = warm(&format!("gates/{name}"), p(&[]));
+            let name = name.to_string();
+            state
+                .cache
+                .get_or_compute(key, || compute_gates(Arc::clone(&state), params, name))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A session over the redacted tier and the window the parameters name.
+async fn aggregate_session(
+    state: &ApiState,
+    p: &BTreeMap<String, String>,
+) -> ApiResult<(TimeWindow, SessionContext)> {
+    let window = window(p)?;
     let (ctx, _) = state.lake.session(false).await?;
-    Ok((p, window, ctx))
+    Ok((window, ctx))
 }
 
 /// `{"from", "to", key: rows}`.
-fn windowed(window: &TimeWindow, key: &str, rows: impl serde::Serialize) -> Json<Value> {
+fn windowed(window: &TimeWindow, key: &str, rows: impl serde::Serialize) -> Value {
     let mut body = json!({"from": window.from.to_rfc3339(), "to": window.to.to_rfc3339()});
     body[key] = json!(rows);
-    Json(body)
+    body
+}
+
+fn shared_json(value: Arc<Value>) -> Response {
+    Json(Arc::unwrap_or_clone(value)).into_response()
+}
+
+type Params = BTreeMap<String, String>;
+
+async fn compute_workflows(state: Shared, p: Params) -> ApiResult<Value> {
+    let (window, ctx) = aggregate_session(&state, &p).await?;
+    let rows = metrics::workflows(&ctx, SPANS, &window).await?;
+    Ok(windowed(&window, "workflows", rows))
 }
 
 async fn workflows(
     State(state): State<Shared>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
-    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
-    let rows = metrics::workflows(&ctx, SPANS, &window).await?;
-    Ok(windowed(&window, "workflows", rows))
+) -> ApiResult<Response> {
+    let value = cached_aggregate(
+        &state,
+        "workflows",
+        &headers,
+        q.as_deref(),
+        &[],
+        compute_workflows,
+    )
+    .await?;
+    Ok(shared_json(value))
 }
 
-async fn gates(
-    State(state): State<Shared>,
-    Path(workflow): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
-    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
+async fn compute_gates(state: Shared, p: Params, workflow: String) -> ApiResult<Value> {
+    let (window, ctx) = aggregate_session(&state, &p).await?;
     let all = metrics::workflows(&ctx, SPANS, &window).await?;
     let measured = all
         .iter()
@@ -326,10 +472,21 @@ async fn gates(
         ));
     }
     let thresholds = state.gates.for_workflow(&workflow);
-    Ok(Json(
-        serde_json::to_value(metrics::gates(&workflow, measured, &thresholds))
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-    ))
+    serde_json::to_value(metrics::gates(&workflow, measured, &thresholds)).map_err(internal)
+}
+
+async fn gates(
+    State(state): State<Shared>,
+    Path(workflow): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let route = format!("gates/{workflow}");
+    let value = cached_aggregate(&state, &route, &headers, q.as_deref(), &[], |state, p| {
+        compute_gates(state, p, workflow)
+    })
+    .await?;
+    Ok(shared_json(value))
 }
 
 const COST_CSV_COLUMNS: &[&str] = &[
@@ -349,46 +506,59 @@ const COST_CSV_COLUMNS: &[&str] = &[
     "unpriced_spans",
 ];
 
+async fn compute_cost(state: Shared, mut p: Params) -> ApiResult<Value> {
+    p.remove("format");
+    let group_name = p
+        .get("group_by")
+        .cloned()
+        .unwrap_or_else(|| "workflow".into());
+    let group: CostGroup = group_name.parse()?;
+    let (window, ctx) = aggregate_session(&state, &p).await?;
+    let rows = metrics::cost(&ctx, SPANS, &window, group).await?;
+    Ok(json!({
+        "group_by": group_name,
+        "from": window.from.to_rfc3339(),
+        "to": window.to.to_rfc3339(),
+        "rows": rows,
+    }))
+}
+
 async fn cost(
     State(state): State<Shared>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let (p, window, ctx) =
-        aggregate_request(&state, &headers, q.as_deref(), &["group_by", "format"]).await?;
-    let group: CostGroup = p
-        .get("group_by")
-        .map(String::as_str)
-        .unwrap_or("workflow")
-        .parse()?;
+    let p = params(q.as_deref(), &["from", "to", "group_by", "format"]).unwrap_or_default();
     let csv = match p.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
+            state.authorize(&headers, q.as_deref(), Role::Finance)?;
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("`format` must be json or csv, not `{other}`"),
-            ))
+            ));
         }
     };
-    let rows = metrics::cost(&ctx, SPANS, &window, group).await?;
+    let value = cached_aggregate(
+        &state,
+        "cost",
+        &headers,
+        q.as_deref(),
+        &["group_by", "format"],
+        compute_cost,
+    )
+    .await?;
     if !csv {
-        return Ok(Json(json!({
-            "group_by": p.get("group_by").map(String::as_str).unwrap_or("workflow"),
-            "from": window.from.to_rfc3339(),
-            "to": window.to.to_rfc3339(),
-            "rows": rows,
-        }))
-        .into_response());
+        return Ok(shared_json(value));
     }
     let mut writer = csv::Writer::from_writer(Vec::new());
     let io = |e: csv::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     writer.write_record(COST_CSV_COLUMNS).map_err(io)?;
-    for row in &rows {
-        let value = serde_json::to_value(row).unwrap_or_default();
+    for row in value["rows"].as_array().into_iter().flatten() {
         let record: Vec<String> = COST_CSV_COLUMNS
             .iter()
-            .map(|c| match &value[*c] {
+            .map(|c| match &row[*c] {
                 Value::Null => String::new(),
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -396,9 +566,7 @@ async fn cost(
             .collect();
         writer.write_record(&record).map_err(io)?;
     }
-    let body = writer
-        .into_inner()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = writer.into_inner().map_err(internal)?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -416,20 +584,203 @@ async fn tools(
     State(state): State<Shared>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
-    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
-    let rows = metrics::tools(&ctx, SPANS, &window).await?;
-    Ok(windowed(&window, "tools", rows))
+) -> ApiResult<Response> {
+    let value = cached_aggregate(
+        &state,
+        "tools",
+        &headers,
+        q.as_deref(),
+        &[],
+        |state, p| async move {
+            let (window, ctx) = aggregate_session(&state, &p).await?;
+            let rows = metrics::tools(&ctx, SPANS, &window).await?;
+            Ok(windowed(&window, "tools", rows))
+        },
+    )
+    .await?;
+    Ok(shared_json(value))
 }
 
 async fn capabilities(
     State(state): State<Shared>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
-    let (_, window, ctx) = aggregate_request(&state, &headers, q.as_deref(), &[]).await?;
-    let rows = metrics::capabilities(&ctx, SPANS, &window).await?;
-    Ok(windowed(&window, "capabilities", rows))
+) -> ApiResult<Response> {
+    let value = cached_aggregate(
+        &state,
+        "capabilities",
+        &headers,
+        q.as_deref(),
+        &[],
+        |state, p| async move {
+            let (window, ctx) = aggregate_session(&state, &p).await?;
+            let rows = metrics::capabilities(&ctx, SPANS, &window).await?;
+            Ok(windowed(&window, "capabilities", rows))
+        },
+    )
+    .await?;
+    Ok(shared_json(value))
+}
+
+async fn budget_status(state: &ApiState) -> ApiResult<Vec<crate::budgets::BudgetStatus>> {
+    if state.budgets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ctx, _) = state.lake.session(false).await?;
+    Ok(crate::budgets::status(&ctx, SPANS, &state.budgets, chrono::Utc::now()).await?)
+}
+
+async fn budgets(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    state.authorize(&headers, q.as_deref(), Role::Finance)?;
+    params(q.as_deref(), &[])?;
+    let cache = Arc::clone(&state.cache);
+    let work = {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, ApiError>(json!({ "budgets": budget_status(&state).await? })) }
+    };
+    let value = cache.get_or_compute("budgets".into(), move || work).await?;
+    Ok(shared_json(value))
+}
+
+async fn compute_runaway(state: Shared, p: Params) -> ApiResult<Value> {
+    let limit = match p.get("limit") {
+        None => 50,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`limit` must be a whole number from 1 to 1000, not `{text}`"),
+                )
+            })?,
+    };
+    let (window, ctx) = aggregate_session(&state, &p).await?;
+    let rows = runs::runaway(&ctx, SPANS, &window, limit).await?;
+    Ok(windowed(&window, "runs", rows))
+}
+
+async fn runaway(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let value = cached_aggregate(
+        &state,
+        "runaway",
+        &headers,
+        q.as_deref(),
+        &["limit"],
+        compute_runaway,
+    )
+    .await?;
+    Ok(shared_json(value))
+}
+
+async fn prometheus(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    if let Some(expected) = &state.metrics_token {
+        let presented = auth::presented_token(&headers, q.as_deref()).unwrap_or_default();
+        use subtle::ConstantTimeEq as _;
+        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "/metrics needs api.metrics_token as a bearer token",
+            ));
+        }
+    }
+    let mut out = telemetry::Exposition::default();
+    if let Some(source) = &state.metrics_source {
+        (source.0)(&mut out);
+    }
+    state.route_stats.write(&mut out);
+    // Business series, through the cache like the dashboard's calls.
+    let today = {
+        let now = chrono::Utc::now();
+        let (start, _) = crate::budgets::period_bounds(crate::budgets::BudgetPeriod::Daily, now);
+        (start, now)
+    };
+    let work = {
+        let state = Arc::clone(&state);
+        async move {
+            let (ctx, _) = state.lake.session(false).await?;
+            let window = TimeWindow {
+                from: today.0,
+                to: today.1.max(today.0 + chrono::Duration::seconds(1)),
+            };
+            let rows = metrics::cost(&ctx, SPANS, &window, CostGroup::Workflow).await?;
+            let budgets = budget_status(&state).await?;
+            Ok::<_, ApiError>(json!({"cost": rows, "budgets": budgets}))
+        }
+    };
+    match state
+        .cache
+        .get_or_compute("metrics-business".into(), move || work)
+        .await
+    {
+        Ok(business) => {
+            out.help(
+                "runledger_cost_today_usd",
+                "gauge",
+                "Cost of today's runs (UTC day) by workflow, USD.",
+            );
+            for row in business["cost"].as_array().into_iter().flatten() {
+                let workflow = row["key"].as_str().unwrap_or("");
+                out.sample(
+                    "runledger_cost_today_usd",
+                    &[("workflow", workflow)],
+                    row["cost_usd"].as_f64().unwrap_or(0.0),
+                );
+            }
+            let budgets = business["budgets"].as_array().cloned().unwrap_or_default();
+            for (name, field, help) in [
+                (
+                    "runledger_budget_usd",
+                    "budget_usd",
+                    "The budget of the period, USD.",
+                ),
+                (
+                    "runledger_budget_spend_usd",
+                    "spend_usd",
+                    "Spent in the budget's period so far, USD.",
+                ),
+                ("runledger_budget_burn_ratio", "burn", "Spend / budget."),
+                (
+                    "runledger_budget_projected_usd",
+                    "projected_usd",
+                    "Spend at the end of the period at the current burn rate, USD.",
+                ),
+            ] {
+                out.help(name, "gauge", help);
+                for b in &budgets {
+                    let labels = [
+                        ("budget", b["name"].as_str().unwrap_or("")),
+                        ("scope", b["scope"].as_str().unwrap_or("")),
+                        ("key", b["key"].as_str().unwrap_or("")),
+                        ("period", b["period"].as_str().unwrap_or("")),
+                    ];
+                    out.sample(name, &labels, b[field].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e.message, "/metrics: business series unavailable"),
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out.finish(),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

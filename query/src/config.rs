@@ -70,6 +70,16 @@ pub struct ApiConfig {
     pub sql_max_rows: usize,
     /// Memory limit of one query, MiB.
     pub query_memory_mib: usize,
+    /// How long an aggregate answer (workflows, cost, tools, gates, budgets, runaway runs)
+    /// is served from the response cache before it is recomputed, e.g. "5s". "0s" turns
+    /// the cache off.
+    pub cache_ttl: String,
+    /// Up to how old a cached answer may be served while a background task recomputes it
+    /// (stale-while-revalidate), e.g. "10m".
+    pub cache_max_stale: String,
+    /// A bearer token that `GET /metrics` requires; unset: `/metrics` is open (it holds
+    /// counters and cost totals, no span data).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +90,9 @@ impl Default for ApiConfig {
             sql_timeout: "30s".into(),
             sql_max_rows: 10_000,
             query_memory_mib: 2048,
+            cache_ttl: "5s".into(),
+            cache_max_stale: "10m".into(),
+            metrics_token: None,
         }
     }
 }
@@ -109,6 +122,11 @@ impl ApiConfig {
         }
         duration("refresh_interval", &self.refresh_interval)?;
         duration("sql_timeout", &self.sql_timeout)?;
+        duration("cache_ttl", &self.cache_ttl)?;
+        duration("cache_max_stale", &self.cache_max_stale)?;
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("api.metrics_token must be at least 16 characters".into());
+        }
         if self.sql_max_rows == 0 {
             return Err("api.sql_max_rows must be at least 1".into());
         }
@@ -121,6 +139,14 @@ impl ApiConfig {
     /// `refresh_interval` parsed.
     pub fn refresh_every(&self) -> Duration {
         duration("refresh_interval", &self.refresh_interval).unwrap_or(Duration::from_secs(2))
+    }
+
+    /// `cache_ttl` and `cache_max_stale` parsed.
+    pub fn cache_times(&self) -> (Duration, Duration) {
+        (
+            duration("cache_ttl", &self.cache_ttl).unwrap_or(Duration::from_secs(5)),
+            duration("cache_max_stale", &self.cache_max_stale).unwrap_or(Duration::from_secs(600)),
+        )
     }
 
     /// `sql_timeout` parsed.

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod budgets;
 pub mod config;
 mod lake;
 pub mod metrics;
@@ -25,6 +26,7 @@ mod rows;
 pub mod run_index;
 pub mod runs;
 pub mod sql_guard;
+pub mod web;
 mod window;
 
 pub use config::{ApiConfig, GateThresholds, GatesConfig, Role, TokenConfig};

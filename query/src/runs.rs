@@ -780,3 +780,125 @@ async fn list_window(
     }
     Ok(out)
 }
+
+/// A run whose tool calls, retries or cost are far above its workflow's norm
+/// (`GET /api/v1/runs/runaway`): the signature of an agent stuck in a loop.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunawayRun {
+    /// The run.
+    pub run_id: String,
+    /// Its workflow.
+    pub workflow: Option<String>,
+    /// Its agent.
+    pub agent: Option<String>,
+    /// Its outcome.
+    pub outcome: Option<String>,
+    /// First span start, RFC 3339.
+    pub start_time: String,
+    /// Total cost, USD.
+    pub cost_usd: f64,
+    /// Tool calls.
+    pub tool_calls: u64,
+    /// Retried tool calls.
+    pub retries: u64,
+    /// The workflow's median run cost in the window.
+    pub median_cost_usd: f64,
+    /// The workflow's median tool calls per run.
+    pub median_tool_calls: f64,
+    /// The workflow's median retries per run.
+    pub median_retries: f64,
+    /// Which limits it passed, e.g. `tool_calls 48 vs median 6`.
+    pub reasons: Vec<String>,
+}
+
+/// How far above its workflow's median a run must be to count as runaway. A run is flagged
+/// when any of these holds, among workflows with at least `MIN_RUNS` runs in the window:
+/// tool calls >= max(5 x median, median + 20); retries >= max(5 x median, median + 10);
+/// cost >= 10 x median and at least 1 USD.
+pub const RUNAWAY_MIN_RUNS: u64 = 20;
+
+/// The runaway runs of the window, costliest first.
+pub async fn runaway(
+    ctx: &SessionContext,
+    table: &str,
+    window: &TimeWindow,
+    limit: usize,
+) -> Result<Vec<RunawayRun>, QueryError> {
+    let sql = crate::metrics::with_runs(
+        table,
+        &window.predicate(),
+        // `with_runs` ends its WITH list at `runs AS (...)`: the body continues it.
+        &format!(
+            ", costed AS (
+               SELECT *, coalesce(cost_inference_usd, 0) + coalesce(cost_tool_usd, 0) + coalesce(cost_review_usd, 0) AS cost
+               FROM runs
+             ), norms AS (
+               SELECT workflow AS norm_workflow, count(*) AS n,
+                 CAST(approx_median(cost) AS DOUBLE) AS med_cost,
+                 CAST(approx_median(CAST(tool_calls AS DOUBLE)) AS DOUBLE) AS med_tools,
+                 CAST(approx_median(CAST(retries AS DOUBLE)) AS DOUBLE) AS med_retries
+               FROM costed GROUP BY workflow
+             )
+             SELECT r.run_id, r.workflow, r.agent_name, r.outcome, r.start_time, r.cost,
+               r.tool_calls, r.retries, n.med_cost, n.med_tools, n.med_retries
+             FROM costed r JOIN norms n ON r.workflow = n.norm_workflow
+             WHERE n.n >= {RUNAWAY_MIN_RUNS} AND (
+               r.tool_calls >= greatest(5 * n.med_tools, n.med_tools + 20)
+               OR r.retries >= greatest(5 * n.med_retries, n.med_retries + 10)
+               OR (r.cost >= 10 * n.med_cost AND r.cost >= 1.0))
+             ORDER BY r.cost DESC, r.run_id
+             LIMIT {limit}"
+        ),
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let mut out = Vec::new();
+    for batch in &batches {
+        let k = Columns::new(batch);
+        let (run_id, workflow, agent, outcome, start) = (
+            k.string("run_id")?,
+            k.string("workflow")?,
+            k.string("agent_name")?,
+            k.string("outcome")?,
+            k.micros("start_time")?,
+        );
+        let (cost, tools, retries) = (k.float("cost")?, k.int("tool_calls")?, k.int("retries")?);
+        let (med_cost, med_tools, med_retries) = (
+            k.float("med_cost")?,
+            k.float("med_tools")?,
+            k.float("med_retries")?,
+        );
+        for i in 0..batch.num_rows() {
+            let (c, t, r) = (cost.f64(i).unwrap_or(0.0), tools.count(i), retries.count(i));
+            let (mc, mt, mr) = (
+                med_cost.f64(i).unwrap_or(0.0),
+                med_tools.f64(i).unwrap_or(0.0),
+                med_retries.f64(i).unwrap_or(0.0),
+            );
+            let mut reasons = Vec::new();
+            if t as f64 >= (5.0 * mt).max(mt + 20.0) {
+                reasons.push(format!("tool_calls {t} vs median {mt}"));
+            }
+            if r as f64 >= (5.0 * mr).max(mr + 10.0) {
+                reasons.push(format!("retries {r} vs median {mr}"));
+            }
+            if c >= 10.0 * mc && c >= 1.0 {
+                reasons.push(format!("cost ${c:.2} vs median ${mc:.4}"));
+            }
+            out.push(RunawayRun {
+                run_id: run_id.str(i).unwrap_or_default().to_string(),
+                workflow: workflow.str(i).map(str::to_string),
+                agent: agent.str(i).map(str::to_string),
+                outcome: outcome.str(i).map(str::to_string),
+                start_time: rfc3339(start.i64(i).unwrap_or(0)),
+                cost_usd: c,
+                tool_calls: t,
+                retries: r,
+                median_cost_usd: mc,
+                median_tool_calls: mt,
+                median_retries: mr,
+                reasons,
+            });
+        }
+    }
+    Ok(out)
+}

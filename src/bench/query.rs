@@ -26,7 +26,7 @@ pub(crate) fn python() -> anyhow::Result<PathBuf> {
 }
 
 /// The live files of the redacted table, as DuckDB should read them.
-async fn live_files(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn live_files(data_dir: &Path) -> anyhow::Result<Vec<String>> {
     let path = runledger_lake::table_path(data_dir, runledger_schemas::Tier::Redacted);
     let url = url::Url::from_directory_path(std::fs::canonicalize(&path)?)
         .map_err(|()| anyhow::anyhow!("bad path"))?;

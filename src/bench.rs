@@ -22,6 +22,7 @@ use runledger_sample_data::{send, Generator, GeneratorOptions, Protocol, SendOpt
 
 mod lake;
 mod lookup;
+mod overview;
 mod query;
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +65,22 @@ enum Which {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// The dashboard overview's API calls over a large generated lake: cold, cached, and
+    /// stale-while-revalidate latencies.
+    Overview {
+        /// Spans in the lake.
+        #[arg(long, default_value_t = 10_000_000)]
+        spans: u64,
+        /// Hour partitions they are spread over.
+        #[arg(long, default_value_t = 48)]
+        hours: u64,
+        /// Where the lake is built (kept and reused by later runs).
+        #[arg(long, default_value = "bench-data/lake-10m")]
+        data_dir: std::path::PathBuf,
+        /// Timed repetitions of the cached calls.
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+    },
     /// Run lookup through the API, by run id and by external ref, over a large generated
     /// lake: p50 and p99 latency against DuckDB filtering the same files.
     Lookup {
@@ -99,6 +116,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             data_dir,
             repeats,
         } => query::run(spans, hours, data_dir, repeats.max(1)).await,
+        Which::Overview {
+            spans,
+            hours,
+            data_dir,
+            repeats,
+        } => overview::run(spans, hours, data_dir, repeats.max(1)).await,
         Which::Lookup {
             spans,
             hours,

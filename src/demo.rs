@@ -145,7 +145,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         tick.tick().await;
     }
+    // Answers cached before the replay (the warm-up at start) are of an empty lake.
     running.api_state.lake.invalidate().await;
+    running.api_state.cache.clear();
+    runledger_query::api::warm_overview(std::sync::Arc::clone(&running.api_state), 168)
+        .await
+        .map_err(|e| anyhow::anyhow!("computing the overview: {e:?}"))?;
 
     print_summary(&running, args.hours).await?;
     let url = format!(

@@ -158,7 +158,7 @@ fn thousands(n: i64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -262,11 +262,7 @@ pub fn render(view: &RunView, width: usize, color: bool) -> String {
     .copied()
     .collect::<Vec<_>>()
     .join(" · ");
-    out.push_str(
-        &fit(&format!("run {}  {who}", view.run_id), width)
-            .trim_end()
-            .to_string(),
-    );
+    out.push_str(fit(&format!("run {}  {who}", view.run_id), width).trim_end());
     out.push('\n');
     let outcome = view.outcome.as_deref().unwrap_or("unknown (no root span)");
     let outcome = match outcome {

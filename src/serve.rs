@@ -69,6 +69,7 @@ pub(crate) struct Running {
     pub generated_token: Option<String>,
     stop_api: tokio::sync::oneshot::Sender<()>,
     api: tokio::task::JoinHandle<std::io::Result<()>>,
+    warm: tokio::task::JoinHandle<()>,
     maintenance: crate::maintain::Periodic,
 }
 
@@ -100,9 +101,9 @@ impl Running {
         )));
         // The overview's answers are computed once at start, so that the first visitor does
         // not wait for a scan of the whole window.
-        let warm = Arc::clone(&api_state);
-        tokio::spawn(async move {
-            if let Err(e) = runledger_query::api::warm_overview(warm, 168).await {
+        let warming = Arc::clone(&api_state);
+        let warm = tokio::spawn(async move {
+            if let Err(e) = runledger_query::api::warm_overview(warming, 168).await {
                 tracing::warn!("warming the overview: {e:?}");
             }
         });
@@ -123,6 +124,7 @@ impl Running {
             generated_token,
             stop_api,
             api,
+            warm,
             maintenance,
         })
     }
@@ -130,6 +132,7 @@ impl Running {
     /// Stops accepting, flushes everything to the lake, stops the API and maintenance.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let metrics = self.collector.metrics();
+        self.warm.abort();
         let _ = self.stop_api.send(());
         self.maintenance.stop().await;
         self.collector

@@ -88,7 +88,7 @@ fn usd(v: f64) -> String {
     let (int, frac) = text.split_once('.').unwrap();
     let mut grouped = String::new();
     for (i, ch) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
+        if i > 0 && (int.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(ch);

@@ -75,7 +75,7 @@ function barsVertical(rows, { value, label, height = 180, cls = () => "bar" }) {
 
 function barsHorizontal(rows, { value, label, format, max, marker, cls = () => "bar" }) {
   if (!rows.length) return `<div class="empty">No data in this window.</div>`;
-  const w = 560, rowH = 24, left = 170, h = rows.length * rowH + 10;
+  const w = 460, rowH = 22, left = 150, h = rows.length * rowH + 10;
   const top = max ?? Math.max(...rows.map(value), 1e-9);
   const out = rows.map((r, i) => {
     const bw = Math.max(0, (value(r) / top) * (w - left - 90));

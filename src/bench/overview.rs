@@ -1,0 +1,146 @@
+//! `runledger bench overview`: the latency of the dashboard overview's API calls over a
+//! large lake: cold (the first call computes), warm (served from the response cache), and
+//! stale (past the cache's freshness: served at once while recomputed in the background).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use runledger_query::api::{self, ApiState, Tokens};
+use runledger_query::budgets::{BudgetConfig, BudgetPeriod, BudgetScope};
+use runledger_query::{ApiConfig, GatesConfig, Lake, Role, TokenConfig};
+
+use super::lake::build;
+use super::query::{median, window_of};
+
+pub(crate) async fn run(
+    spans: u64,
+    hours: u64,
+    data_dir: PathBuf,
+    repeats: usize,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "runledger overview benchmark ({} cores): the dashboard overview's API calls over {spans} spans in {hours} hour partitions",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let lake_info = build(&data_dir, spans, hours).await?;
+    let window = window_of(&lake_info);
+    let range = format!(
+        "from={}&to={}",
+        window.from.format("%Y-%m-%dT%H:%M:%SZ"),
+        window.to.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let token = "bench-finance-token-0123456789";
+    // A short freshness so that the stale case can be measured in the same run.
+    let ttl = Duration::from_secs(2);
+    let config = ApiConfig {
+        cache_ttl: "2s".into(),
+        cache_max_stale: "1h".into(),
+        ..ApiConfig::default()
+    };
+    let lake = Lake::new(&data_dir, Duration::from_secs(3600)).with_memory_limit(16 << 30);
+    let state = ApiState::new(
+        Arc::new(lake),
+        &config,
+        Tokens::from_config(&[TokenConfig {
+            role: Role::Finance,
+            token: Some(token.into()),
+            token_sha256: None,
+            name: Some("bench".into()),
+        }]),
+        GatesConfig::default(),
+    )
+    .with_budgets(vec![BudgetConfig {
+        name: None,
+        scope: BudgetScope::Workflow,
+        key: "refunds".into(),
+        period: BudgetPeriod::Monthly,
+        usd: 1000.0,
+    }]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(state))).await });
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let started = Instant::now();
+            let response = client.get(&url).bearer_auth(token).send().await?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await?;
+            if !status.is_success() {
+                bail!("{url}: {status} {body}");
+            }
+            Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64() * 1000.0, body))
+        }
+    };
+    // The calls the overview makes, in its order.
+    let mut calls = vec![
+        format!("/api/v1/workflows?{range}"),
+        format!("/api/v1/cost?group_by=day&{range}"),
+        "/api/v1/budgets".to_string(),
+        format!("/api/v1/runs/runaway?{range}&limit=20"),
+    ];
+    let mut cold = Vec::new();
+    let started = Instant::now();
+    for path in calls.clone() {
+        let (ms, body) = get(path.clone()).await?;
+        cold.push((path.clone(), ms));
+        if path.starts_with("/api/v1/workflows?") {
+            for w in body["workflows"].as_array().into_iter().flatten() {
+                if let Some(name) = w["workflow"].as_str() {
+                    calls.push(format!("/api/v1/workflows/{name}/gates?{range}"));
+                }
+            }
+        }
+    }
+    for path in calls.iter().skip(4) {
+        let (ms, _) = get(path.clone()).await?;
+        cold.push((path.clone(), ms));
+    }
+    let cold_total = started.elapsed().as_secs_f64() * 1000.0;
+    println!("cold (first call computes):");
+    for (path, ms) in &cold {
+        println!("  {ms:>9.1} ms  {path}");
+    }
+    println!(
+        "  {cold_total:>9.1} ms  all {} calls in sequence",
+        cold.len()
+    );
+
+    let mut warm = Vec::new();
+    for _ in 0..repeats {
+        for path in &calls {
+            warm.push(get(path.clone()).await?.0);
+        }
+    }
+    let warm_max = warm.iter().copied().fold(0.0, f64::max);
+    println!(
+        "warm (cached): median {:.2} ms, slowest {warm_max:.2} ms over {} calls",
+        median(&mut warm),
+        warm.len()
+    );
+
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let mut stale = Vec::new();
+    for path in &calls {
+        stale.push(get(path.clone()).await?.0);
+    }
+    let stale_max = stale.iter().copied().fold(0.0, f64::max);
+    println!(
+        "stale (past cache_ttl, served while recomputed): median {:.2} ms, slowest {stale_max:.2} ms",
+        median(&mut stale)
+    );
+    println!(
+        "overview within 500 ms once warm: {}",
+        if warm_max <= 500.0 && stale_max <= 500.0 {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -108,6 +108,8 @@ async fn the_role_matrix() {
         format!("/api/v1/workflows/refunds/gates?{WINDOW}"),
         format!("/api/v1/tools?{WINDOW}"),
         format!("/api/v1/agents/capabilities?{WINDOW}"),
+        format!("/api/v1/runs/runaway?{WINDOW}"),
+        "/api/v1/budgets".to_string(),
         "/api/v1/whoami".to_string(),
     ];
     for path in &aggregates {

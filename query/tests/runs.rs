@@ -344,3 +344,47 @@ async fn the_index_follows_compaction_and_erasure() {
         vec!["run-4".to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_runs_are_those_far_above_their_workflow_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path(), Duration::ZERO);
+    let mut spans = Vec::new();
+    for i in 0..30 {
+        let run = format!("run-normal-{i:02}");
+        let tools = if i == 7 { 60 } else { 2 + i % 3 };
+        let mut root = spec(1, None, "root", 0, 60_000);
+        root.attributes = vec![("gen_ai.workflow.name", s("refunds"))];
+        spans.push(span_of(&run, &root));
+        for t in 0..tools {
+            let mut call = spec(
+                10 + t as u64,
+                Some(1),
+                "execute_tool lookup",
+                100 + t * 10,
+                5,
+            );
+            call.attributes = vec![("gen_ai.tool.name", s("lookup"))];
+            spans.push(span_of(&run, &call));
+        }
+    }
+    write(dir.path(), spans).await;
+    let (ctx, _) = lake.session(false).await.unwrap();
+    let window = runledger_query::TimeWindow::parse(
+        Some("2026-03-10T00:00:00Z"),
+        Some("2026-03-12T00:00:00Z"),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let found = runledger_query::runs::runaway(&ctx, "spans", &window, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].run_id, "run-normal-07");
+    assert_eq!(found[0].tool_calls, 60);
+    assert_eq!(found[0].median_tool_calls, 3.0);
+    assert!(
+        found[0].reasons[0].starts_with("tool_calls 60"),
+        "{found:?}"
+    );
+}

@@ -40,7 +40,16 @@ pub struct Lake {
     memory_limit: usize,
     loaded: Mutex<Loaded>,
     indexes: Mutex<Vec<(Tier, RunIndex)>>,
+    footers: std::sync::Mutex<
+        std::collections::HashMap<
+            PathBuf,
+            datafusion::parquet::arrow::arrow_reader::ArrowReaderMetadata,
+        >,
+    >,
 }
+
+/// Most Parquet footers kept in memory for run lookups; past it the cache starts again.
+const MAX_FOOTERS: usize = 8192;
 
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,6 +71,7 @@ impl Lake {
                 refreshed: None,
             }),
             indexes: Mutex::new(Vec::new()),
+            footers: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -206,6 +216,33 @@ impl Lake {
             index.sync(version, keys).await?;
         }
         Ok(f(index))
+    }
+
+    /// The parsed footer (page indexes included) of a data file, if a lookup read it before.
+    /// Data files are immutable, so an entry never goes stale; a removed file's entry is only
+    /// never asked for again.
+    pub fn footer(
+        &self,
+        path: &Path,
+    ) -> Option<datafusion::parquet::arrow::arrow_reader::ArrowReaderMetadata> {
+        self.footers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+    }
+
+    /// Keeps a data file's parsed footer for the next lookup.
+    pub fn store_footer(
+        &self,
+        path: PathBuf,
+        footer: datafusion::parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    ) {
+        let mut footers = self.footers.lock().unwrap_or_else(|e| e.into_inner());
+        if footers.len() >= MAX_FOOTERS && !footers.contains_key(&path) {
+            footers.clear();
+        }
+        footers.insert(path, footer);
     }
 
     /// Forces the next query to re-read the tables' logs.

@@ -2,7 +2,7 @@
 //! runs behind `GET /api/v1/runs`.
 //!
 //! A lookup asks the [run index](crate::run_index) which files may hold the run, reads only
-//! those (their sort order and page statistics narrow the read to the run's pages), and
+//! those (their sort order and statistics narrow the read to the run's row group and pages), and
 //! builds the tree in memory:
 //! - spans sent twice (a client's retried export) are kept once, by span id;
 //! - a run's spans may lie in several hour and day partitions (a long run, a span that
@@ -16,10 +16,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::arrow::array::StringArray;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
-use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowFilter,
+};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::file::metadata::PageIndexPolicy;
+use datafusion::prelude::{col, lit, Expr, SessionContext};
 use runledger_schemas::{col as c, Tier};
 use serde::{Deserialize, Serialize};
 
@@ -198,38 +205,101 @@ fn rfc3339(micros: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// A session for reading a handful of files: filters pushed into the Parquet scan, bloom
-/// filters and page indexes used.
-fn lookup_session() -> SessionContext {
-    let config = SessionConfig::new()
-        .with_target_partitions(2)
-        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
-        .set_bool("datafusion.execution.parquet.reorder_filters", true)
-        .set_bool("datafusion.execution.parquet.bloom_filter_on_read", true)
-        .set_bool("datafusion.execution.parquet.enable_page_index", true);
-    SessionContext::new_with_config(config)
+/// The rows of `files` where the string column `column` equals `value`, read directly with
+/// the Parquet reader: row groups whose statistics exclude the value are skipped (files are
+/// sorted by run, so a run lies in one or two row groups), the predicate column is decoded
+/// for the rest, and the other columns only for the matching rows' pages (the offset index
+/// lets the reader skip the others). The footers, page indexes included, are kept in
+/// memory per file ([`Lake::footer`]): files are immutable, so they never go stale.
+async fn read_matching(
+    lake: &Lake,
+    files: Vec<PathBuf>,
+    column: &'static str,
+    value: &str,
+    projection: Option<&'static [&'static str]>,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut out = Vec::new();
+    for path in files {
+        let cached = lake.footer(&path);
+        let wanted = value.to_string();
+        let (batches, footer) = tokio::task::spawn_blocking(move || {
+            read_file_matching(&path, cached, column, &wanted, projection)
+                .map(|(b, m)| (b, (path, m)))
+        })
+        .await
+        .map_err(|e| QueryError::Index(format!("run read task failed: {e}")))??;
+        lake.store_footer(footer.0, footer.1);
+        out.extend(batches);
+    }
+    Ok(out)
 }
 
-/// The rows of `files` where `column = value`.
-async fn read_matching(
-    files: Vec<PathBuf>,
+fn read_file_matching(
+    path: &std::path::Path,
+    cached: Option<ArrowReaderMetadata>,
     column: &str,
     value: &str,
     projection: Option<&[&str]>,
-) -> Result<Vec<RecordBatch>, QueryError> {
-    if files.is_empty() {
-        return Ok(Vec::new());
+) -> Result<(Vec<RecordBatch>, ArrowReaderMetadata), QueryError> {
+    let fail =
+        |e: &dyn std::fmt::Display| QueryError::Index(format!("reading {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    let metadata = match cached {
+        Some(m) => m,
+        None => ArrowReaderMetadata::load(
+            &file,
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+        )
+        .map_err(|e| fail(&e))?,
+    };
+    let schema = metadata.metadata().file_metadata().schema_descr_ptr();
+    let leaf =
+        |name: &str| (0..schema.num_columns()).find(|&i| schema.column(i).path().string() == name);
+    let Some(key) = leaf(column) else {
+        return Ok((Vec::new(), metadata));
+    };
+    let needle = value.as_bytes();
+    let row_groups: Vec<usize> = metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| {
+            let Some(stats) = rg.column(key).statistics() else {
+                return true;
+            };
+            let below = stats.min_bytes_opt().is_some_and(|min| needle < min);
+            let above = stats.max_bytes_opt().is_some_and(|max| needle > max);
+            !(below || above)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if row_groups.is_empty() {
+        return Ok((Vec::new(), metadata));
     }
-    let ctx = lookup_session();
-    let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let mut frame = ctx
-        .read_parquet(paths, ParquetReadOptions::default())
-        .await?
-        .filter(col(column).eq(lit(value)))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+        .with_row_groups(row_groups)
+        .with_batch_size(8192);
     if let Some(columns) = projection {
-        frame = frame.select_columns(columns)?;
+        let leaves: Vec<usize> = columns.iter().filter_map(|c| leaf(c)).collect();
+        builder = builder.with_projection(ProjectionMask::leaves(&schema, leaves));
     }
-    Ok(frame.collect().await?)
+    let target = StringArray::new_scalar(value);
+    let predicate = ArrowPredicateFn::new(ProjectionMask::leaves(&schema, [key]), move |batch| {
+        let values = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+        datafusion::arrow::compute::kernels::cmp::eq(&values, &target)
+    });
+    let reader = builder
+        .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+        .build()
+        .map_err(|e| fail(&e))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&e))?
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .collect();
+    Ok((batches, metadata))
 }
 
 /// The run `run_id` from `tier`, or `None` when no span of it is stored.
@@ -237,7 +307,7 @@ pub async fn lookup(lake: &Lake, tier: Tier, run_id: &str) -> Result<Option<RunV
     let files = lake
         .run_index(tier, |index| index.files_with_run(run_id))
         .await?;
-    let batches = read_matching(files, c::RUN_ID, run_id, None).await?;
+    let batches = read_matching(lake, files, c::RUN_ID, run_id, None).await?;
     build_run(run_id, tier, &batches)
 }
 
@@ -250,7 +320,14 @@ pub async fn runs_with_ref(
     let files = lake
         .run_index(tier, |index| index.files_with_ref(external_ref))
         .await?;
-    let batches = read_matching(files, c::EXTERNAL_REF, external_ref, Some(&[c::RUN_ID])).await?;
+    let batches = read_matching(
+        lake,
+        files,
+        c::EXTERNAL_REF,
+        external_ref,
+        Some(&[c::RUN_ID]),
+    )
+    .await?;
     let mut ids = Vec::new();
     for batch in &batches {
         let cols = Columns::new(batch);

@@ -72,6 +72,9 @@ pub fn table_path(data_dir: &Path, tier: Tier) -> PathBuf {
     data_dir.join(tier.as_str()).join("spans")
 }
 
+/// Most rows in one data page (the writer checks it every 1,024 rows).
+pub const DATA_PAGE_ROWS: usize = 2048;
+
 /// The Parquet settings of every file runledger writes: ZSTD, page statistics, bloom filters
 /// on the id columns, and no dictionary for free text.
 pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
@@ -89,7 +92,10 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
         // Chunk statistics for every column (Delta's data skipping reads them), page statistics
         // where lookups filter; none for free text, whose min and max help no query.
         .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_max_row_group_row_count(Some(config.max_row_group_rows));
+        .set_max_row_group_row_count(Some(config.max_row_group_rows))
+        // Small pages: a run lookup decompresses only the pages that hold the run's rows, and
+        // a page of prompts and attributes at the 1 MiB default holds thousands of rows.
+        .set_data_page_row_count_limit(DATA_PAGE_ROWS);
     for id_column in [col::RUN_ID, col::TRACE_ID] {
         let path = ColumnPath::from(id_column);
         builder = builder

@@ -22,7 +22,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-    RowFilter,
+    RowFilter, RowSelection, RowSelector,
 };
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::file::metadata::PageIndexPolicy;
@@ -277,8 +277,10 @@ fn read_file_matching(
     if row_groups.is_empty() {
         return Ok((Vec::new(), metadata));
     }
+    let selection = page_selection(metadata.metadata(), &row_groups, key, needle);
     let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
         .with_row_groups(row_groups)
+        .with_row_selection(selection)
         .with_batch_size(8192);
     if let Some(columns) = projection {
         let leaves: Vec<usize> = columns.iter().filter_map(|c| leaf(c)).collect();
@@ -300,6 +302,52 @@ fn read_file_matching(
         .filter(|b| b.num_rows() > 0)
         .collect();
     Ok((batches, metadata))
+}
+
+/// The rows of the chosen row groups that lie in a page of the key column whose min/max (the
+/// column index) may hold `needle`: the pages of one run in a file sorted by run. Row groups
+/// without a page index are read whole.
+fn page_selection(
+    metadata: &datafusion::parquet::file::metadata::ParquetMetaData,
+    row_groups: &[usize],
+    key: usize,
+    needle: &[u8],
+) -> RowSelection {
+    use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    for &rg in row_groups {
+        let rows = metadata.row_group(rg).num_rows().max(0) as usize;
+        let pages = metadata
+            .column_index()
+            .and_then(|c| c.get(rg))
+            .and_then(|c| c.get(key))
+            .zip(
+                metadata
+                    .offset_index()
+                    .and_then(|o| o.get(rg))
+                    .and_then(|o| o.get(key)),
+            );
+        let Some((ColumnIndexMetaData::BYTE_ARRAY(index), offsets)) = pages else {
+            selectors.push(RowSelector::select(rows));
+            continue;
+        };
+        let locations = offsets.page_locations();
+        for (page, location) in locations.iter().enumerate() {
+            let first = location.first_row_index.max(0) as usize;
+            let end = locations
+                .get(page + 1)
+                .map_or(rows, |next| next.first_row_index.max(0) as usize);
+            let below = index.min_value(page).is_some_and(|min| needle < min);
+            let above = index.max_value(page).is_some_and(|max| needle > max);
+            let count = end.saturating_sub(first);
+            selectors.push(if below || above {
+                RowSelector::skip(count)
+            } else {
+                RowSelector::select(count)
+            });
+        }
+    }
+    RowSelection::from(selectors)
 }
 
 /// The run `run_id` from `tier`, or `None` when no span of it is stored.

@@ -136,6 +136,18 @@ pub(crate) async fn run(
         by_id.push(ms);
         our_rows.push(body["spans"].as_array().map_or(0, Vec::len));
     }
+    // The same lookups in process, without HTTP and JSON, and the index alone.
+    let mut direct = Vec::new();
+    let mut index_only = Vec::new();
+    for id in &run_ids {
+        let started = Instant::now();
+        lake.run_index(runledger_schemas::Tier::Redacted, |i| i.files_with_run(id))
+            .await?;
+        index_only.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        runledger_query::runs::lookup(&lake, runledger_schemas::Tier::Redacted, id).await?;
+        direct.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
     let mut by_ref = Vec::new();
     for external_ref in &refs {
         let (ms, body) = get(format!("/api/v1/runs?ref={external_ref}")).await?;
@@ -190,6 +202,11 @@ pub(crate) async fn run(
     println!(
         "runledger GET /api/v1/runs/{{id}}  ({:>4} lookups): p50 {p50:>7.1} ms  p99 {p99:>7.1} ms",
         run_ids.len()
+    );
+    println!(
+        "  of which in process: lookup p50 {:.2} ms, index alone p50 {:.3} ms",
+        percentile(&mut direct, 50.0),
+        percentile(&mut index_only, 50.0)
     );
     println!(
         "runledger GET /api/v1/runs?ref=   ({:>4} lookups): p50 {r50:>7.1} ms  p99 {r99:>7.1} ms",

@@ -73,7 +73,7 @@ pub fn table_path(data_dir: &Path, tier: Tier) -> PathBuf {
 }
 
 /// Most rows in one data page (the writer checks it every 1,024 rows).
-pub const DATA_PAGE_ROWS: usize = 2048;
+pub const DATA_PAGE_ROWS: usize = 1024;
 
 /// The Parquet settings of every file runledger writes: ZSTD, page statistics, bloom filters
 /// on the id columns, and no dictionary for free text.

@@ -283,8 +283,10 @@ fn read_file_matching(
         .with_row_selection(selection)
         .with_batch_size(8192);
     if let Some(columns) = projection {
-        let leaves: Vec<usize> = columns.iter().filter_map(|c| leaf(c)).collect();
-        builder = builder.with_projection(ProjectionMask::leaves(&schema, leaves));
+        let roots: Vec<usize> = (0..schema.root_schema().get_fields().len())
+            .filter(|&i| columns.contains(&schema.root_schema().get_fields()[i].name()))
+            .collect();
+        builder = builder.with_projection(ProjectionMask::roots(&schema, roots));
     }
     let target = StringArray::new_scalar(value);
     let predicate = ArrowPredicateFn::new(ProjectionMask::leaves(&schema, [key]), move |batch| {
@@ -303,6 +305,44 @@ fn read_file_matching(
         .collect();
     Ok((batches, metadata))
 }
+
+/// The columns a run view shows: a lookup decodes no other (resource and scope attributes,
+/// links, redaction counts stay on disk).
+const RUN_COLUMNS: &[&str] = &[
+    c::RUN_ID,
+    c::TRACE_ID,
+    c::SPAN_ID,
+    c::PARENT_SPAN_ID,
+    c::START_TIME,
+    c::END_TIME,
+    c::DURATION_NS,
+    c::NAME,
+    c::STATUS_CODE,
+    c::STATUS_MESSAGE,
+    c::ERROR_TYPE,
+    c::AGENT_NAME,
+    c::WORKFLOW,
+    c::CUSTOMER_ID,
+    c::OPERATION,
+    c::REQUEST_MODEL,
+    c::RESPONSE_MODEL,
+    c::TOOL_NAME,
+    c::SIDE_EFFECT,
+    c::EXTERNAL_REF,
+    c::RETRY_ATTEMPT,
+    c::OUTCOME,
+    c::INPUT_TOKENS,
+    c::OUTPUT_TOKENS,
+    c::CACHE_READ_TOKENS,
+    c::CACHE_WRITE_TOKENS,
+    c::REASONING_TOKENS,
+    c::COST_INFERENCE_USD,
+    c::COST_TOOL_USD,
+    c::COST_REVIEW_USD,
+    c::ATTRIBUTES,
+    c::EVENTS,
+    c::RECEIVED_AT,
+];
 
 /// The rows of the chosen row groups that lie in a page of the key column whose min/max (the
 /// column index) may hold `needle`: the pages of one run in a file sorted by run. Row groups
@@ -355,7 +395,7 @@ pub async fn lookup(lake: &Lake, tier: Tier, run_id: &str) -> Result<Option<RunV
     let files = lake
         .run_index(tier, |index| index.files_with_run(run_id))
         .await?;
-    let batches = read_matching(lake, files, c::RUN_ID, run_id, None).await?;
+    let batches = read_matching(lake, files, c::RUN_ID, run_id, Some(RUN_COLUMNS)).await?;
     build_run(run_id, tier, &batches)
 }
 

@@ -456,8 +456,20 @@ async fn workflows(
 }
 
 async fn compute_gates(state: Shared, p: Params, workflow: String) -> ApiResult<Value> {
-    let (window, ctx) = aggregate_session(&state, &p).await?;
-    let all = metrics::workflows(&ctx, SPANS, &window).await?;
+    let window = window(&p)?;
+    // The gates are thresholds over the workflow metrics of the same window: the cached
+    // answer of `/api/v1/workflows` serves every workflow's gates.
+    let all = {
+        let (state, p) = (Arc::clone(&state), p.clone());
+        state
+            .cache
+            .get_or_compute(cache_key("workflows", &p), || {
+                compute_workflows(Arc::clone(&state), p)
+            })
+            .await?
+    };
+    let all: Vec<metrics::WorkflowMetrics> =
+        serde_json::from_value(all["workflows"].clone()).map_err(internal)?;
     let measured = all
         .iter()
         .find(|m| m.workflow.as_deref() == Some(workflow.as_str()));

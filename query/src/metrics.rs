@@ -125,7 +125,7 @@ pub fn workflow_sums_sql(table: &str, window: &str) -> String {
 }
 
 /// One workflow's metrics (`GET /api/v1/workflows`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct WorkflowMetrics {
     /// The workflow; `null` for runs that name none.
     pub workflow: Option<String>,

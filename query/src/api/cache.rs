@@ -1,10 +1,13 @@
 //! A response cache for the aggregate routes, so that the dashboard's overview answers in
 //! milliseconds over a lake of millions of spans.
 //!
-//! An answer is fresh for `ttl`; after that, and up to `max_stale`, the cached answer is
-//! served at once while one background task recomputes it (stale-while-revalidate), so a
-//! page that polls never waits for a scan once it has loaded. Past `max_stale` the request
-//! computes the answer itself. Keys are the route and its query string, so every role sees
+//! An answer is fresh for `ttl`, or for five times what it took to compute if that is longer
+//! (an answer that scans ten million spans for twenty seconds is not recomputed every five);
+//! after that, and up to `max_stale`, the cached answer is served at once while one
+//! background task recomputes it (stale-while-revalidate), so a page that polls never waits
+//! for a scan once it has loaded. Background recomputations run on a runtime of their own
+//! with one thread, so that they never take the cores that answer requests. Past `max_stale`
+//! the request computes the answer itself. Keys are the route and its query string, so every role sees
 //! the same aggregate (aggregates are the same for every role that may read them).
 
 use std::collections::HashMap;
@@ -17,8 +20,26 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 struct Entry {
     at: Instant,
+    /// How long the answer stays fresh.
+    fresh_for: Duration,
     value: Arc<Value>,
     refreshing: bool,
+}
+
+/// An answer stays fresh for at least this many times what it took to compute.
+const FRESH_PER_COMPUTE: u32 = 5;
+
+/// The runtime of background recomputations: one thread, started on first use.
+fn refresher() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("runledger-refresh")
+            .enable_all()
+            .build()
+            .expect("the cache's refresh runtime starts")
+    })
 }
 
 /// The cache.
@@ -50,7 +71,7 @@ impl ResponseCache {
             .clear();
     }
 
-    fn insert(&self, key: String, value: Arc<Value>) {
+    fn insert(&self, key: String, value: Arc<Value>, took: Duration) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
             if let Some(oldest) = entries
@@ -65,6 +86,7 @@ impl ResponseCache {
             key,
             Entry {
                 at: Instant::now(),
+                fresh_for: self.ttl.max(took * FRESH_PER_COMPUTE),
                 value,
                 refreshing: false,
             },
@@ -89,10 +111,10 @@ impl ResponseCache {
         let cached = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             match entries.get_mut(&key) {
-                Some(entry) if entry.at.elapsed() < self.ttl => {
+                Some(entry) if entry.at.elapsed() < entry.fresh_for => {
                     return Ok(Arc::clone(&entry.value))
                 }
-                Some(entry) if entry.at.elapsed() < self.max_stale => {
+                Some(entry) if entry.at.elapsed() < self.max_stale.max(entry.fresh_for) => {
                     let start_refresh = !entry.refreshing;
                     entry.refreshing = true;
                     Some((Arc::clone(&entry.value), start_refresh))
@@ -105,9 +127,10 @@ impl ResponseCache {
                 if start_refresh {
                     let cache = Arc::clone(self);
                     let work = compute();
-                    tokio::spawn(async move {
+                    refresher().spawn(async move {
+                        let started = Instant::now();
                         match work.await {
-                            Ok(fresh) => cache.insert(key, Arc::new(fresh)),
+                            Ok(fresh) => cache.insert(key, Arc::new(fresh), started.elapsed()),
                             Err(_) => {
                                 let mut entries =
                                     cache.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,8 +144,9 @@ impl ResponseCache {
                 Ok(value)
             }
             None => {
+                let started = Instant::now();
                 let value = Arc::new(compute().await?);
-                self.insert(key, Arc::clone(&value));
+                self.insert(key, Arc::clone(&value), started.elapsed());
                 Ok(value)
             }
         }
@@ -152,20 +176,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(*first, Value::from(0));
-        // Stale now (ttl 1 ns): served the old value while a refresh runs.
+        // Make it stale, whatever the clock did: served the old value while a refresh runs.
+        {
+            let mut entries = cache.entries.lock().unwrap();
+            let entry = entries.get_mut("k").unwrap();
+            entry.at -= Duration::from_secs(1);
+        }
         let second = cache
             .get_or_compute("k".into(), compute(calls.clone()))
             .await
             .unwrap();
         assert_eq!(*second, Value::from(0));
-        // Wait for the refresh through the cache itself, not a sleep: yield until it lands.
-        for _ in 0..1000 {
-            tokio::task::yield_now().await;
-            let entries = cache.entries.lock().unwrap();
-            if entries["k"].value.as_u64() == Some(1) {
+        // The refresh runs on the refresh runtime; wait for it through the cache itself.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if cache.entries.lock().unwrap()["k"].value.as_u64() == Some(1) {
                 return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the background refresh never landed"
+            );
+            std::thread::yield_now();
         }
-        panic!("the background refresh never landed");
     }
 }

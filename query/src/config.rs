@@ -89,7 +89,7 @@ impl Default for ApiConfig {
             refresh_interval: "2s".into(),
             sql_timeout: "30s".into(),
             sql_max_rows: 10_000,
-            query_memory_mib: 2048,
+            query_memory_mib: 8192,
             cache_ttl: "5s".into(),
             cache_max_stale: "10m".into(),
             metrics_token: None,

@@ -75,7 +75,7 @@ impl Lake {
         }
     }
 
-    /// Caps the memory of each query (default 2 GiB); a query over it fails, it does not
+    /// Caps the memory of each query (`api.query_memory_mib`, default 8 GiB; 2 GiB here); a query over it fails, it does not
     /// take the server down.
     pub fn with_memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;

@@ -34,7 +34,9 @@ pub(crate) async fn run(
     );
     let token = "bench-finance-token-0123456789";
     let config = ApiConfig::default();
-    let lake = Lake::new(&data_dir, Duration::from_secs(3600)).with_memory_limit(16 << 30);
+    // The API's own per-query memory cap (api.query_memory_mib), as `serve` runs it.
+    let lake = Lake::new(&data_dir, Duration::from_secs(3600))
+        .with_memory_limit(config.query_memory_mib << 20);
     let state = ApiState::new(
         Arc::new(lake),
         &config,

@@ -64,6 +64,18 @@ enum Which {
         /// Timed repetitions of each engine (after one warm-up).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Also print DataFusion's EXPLAIN ANALYZE of the query (where the time goes).
+        #[arg(long)]
+        explain: bool,
+        /// Time this SQL file in both engines instead of the per-workflow query (`{window}`
+        /// is replaced by the window's predicate over the table `spans`; its second column
+        /// must count runs, for the agreement check).
+        #[arg(long)]
+        sql: Option<std::path::PathBuf>,
+        /// A DataFusion option for runledger's session, `key=value` (repeatable), to try a
+        /// setting against the defaults.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        options: Vec<String>,
     },
     /// The dashboard overview's API calls over a large generated lake: cold, cached, and
     /// stale-while-revalidate latencies.
@@ -115,7 +127,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             hours,
             data_dir,
             repeats,
-        } => query::run(spans, hours, data_dir, repeats.max(1)).await,
+            explain,
+            sql,
+            options,
+        } => {
+            let options = query::Options {
+                explain,
+                sql,
+                datafusion: options,
+            };
+            query::run(spans, hours, data_dir, repeats.max(1), options).await
+        }
         Which::Overview {
             spans,
             hours,

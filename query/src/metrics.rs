@@ -59,47 +59,123 @@ pub fn spans_sql(table: &str, window: &str) -> String {
     )
 }
 
-/// The `runs` view over `s` (one row per run).
-pub fn runs_sql() -> &'static str {
-    "SELECT r.*, coalesce(o.orphan_spans, 0) AS orphan_spans FROM (
-       SELECT run_id,
-         coalesce(max(CASE WHEN parent_span_id IS NULL THEN workflow END), max(workflow)) AS workflow,
-         coalesce(max(CASE WHEN parent_span_id IS NULL THEN agent_name END), max(agent_name)) AS agent_name,
-         max(customer_id) AS customer_id,
-         coalesce(max(CASE WHEN parent_span_id IS NULL THEN outcome END), max(outcome)) AS outcome,
-         min(start_time) AS start_time,
-         max(end_time) AS end_time,
-         sum(cost_inference_usd) AS cost_inference_usd,
-         sum(cost_tool_usd) AS cost_tool_usd,
-         sum(cost_review_usd) AS cost_review_usd,
-         count(*) AS spans,
-         sum(CASE WHEN tool_name IS NOT NULL OR operation = 'execute_tool' THEN 1 ELSE 0 END) AS tool_calls,
-         sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND status_code = 'error' THEN 1 ELSE 0 END) AS tool_errors,
-         sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND retry_attempt > 0 THEN 1 ELSE 0 END) AS retries,
-         sum(CASE WHEN side_effect = 'write' THEN 1 ELSE 0 END) AS write_actions,
-         sum(CASE WHEN side_effect = 'write' AND (status_code = 'error' OR error_type IS NOT NULL) THEN 1 ELSE 0 END) AS failed_write_actions,
-         sum(CASE WHEN parent_span_id IS NULL THEN 1 ELSE 0 END) AS roots,
-         sum(CASE WHEN (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) AND cost_inference_usd IS NULL THEN 1 ELSE 0 END) AS unpriced_spans,
-         sum(input_tokens) AS input_tokens,
-         sum(output_tokens) AS output_tokens,
-         sum(cache_read_tokens) AS cache_read_tokens,
-         sum(cache_write_tokens) AS cache_write_tokens,
-         sum(reasoning_tokens) AS reasoning_tokens
-       FROM s GROUP BY run_id
-     ) r LEFT JOIN (
-       SELECT c.run_id, count(*) AS orphan_spans
-       FROM s c LEFT JOIN s p ON p.run_id = c.run_id AND p.span_id = c.parent_span_id
-       WHERE c.parent_span_id IS NOT NULL AND p.span_id IS NULL
-       GROUP BY c.run_id
-     ) o ON o.run_id = r.run_id"
+/// The per-run sums of [`runs_sql`], over rows that hold one span each.
+const RUN_SUMS: &str = "sum(cost_inference_usd) AS cost_inference_usd,
+      sum(cost_tool_usd) AS cost_tool_usd,
+      sum(cost_review_usd) AS cost_review_usd,
+      count(*) AS spans,
+      sum(CASE WHEN tool_name IS NOT NULL OR operation = 'execute_tool' THEN 1 ELSE 0 END) AS tool_calls,
+      sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND status_code = 'error' THEN 1 ELSE 0 END) AS tool_errors,
+      sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND retry_attempt > 0 THEN 1 ELSE 0 END) AS retries,
+      sum(CASE WHEN side_effect = 'write' THEN 1 ELSE 0 END) AS write_actions,
+      sum(CASE WHEN side_effect = 'write' AND (status_code = 'error' OR error_type IS NOT NULL) THEN 1 ELSE 0 END) AS failed_write_actions,
+      sum(CASE WHEN parent_span_id IS NULL THEN 1 ELSE 0 END) AS roots,
+      sum(CASE WHEN (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) AND cost_inference_usd IS NULL THEN 1 ELSE 0 END) AS unpriced_spans,
+      sum(input_tokens) AS input_tokens,
+      sum(output_tokens) AS output_tokens,
+      sum(cache_read_tokens) AS cache_read_tokens,
+      sum(cache_write_tokens) AS cache_write_tokens,
+      sum(reasoning_tokens) AS reasoning_tokens";
+
+/// The columns that [`RUN_SUMS`] adds up.
+const SUMMED: [&str; 16] = [
+    "cost_inference_usd",
+    "cost_tool_usd",
+    "cost_review_usd",
+    "spans",
+    "tool_calls",
+    "tool_errors",
+    "retries",
+    "write_actions",
+    "failed_write_actions",
+    "roots",
+    "unpriced_spans",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+];
+
+/// The `runs` view: one row per run of `table` in `window`.
+///
+/// Written so that no step holds every span of the window at once with its attributes,
+/// which is what made the straightforward form (deduplicate every span, then fold runs,
+/// then self-join the spans for orphans) slow and memory-hungry at 10M spans:
+/// - `a` folds the raw rows of each run in one pass. Its maxima and minima are right even
+///   when a span was stored twice (a retried export), but its sums and counts are not;
+/// - `d` finds the runs that hold a duplicated span (only the keys are grouped) and
+///   recomputes the sums of just those runs over deduplicated spans; a run found there
+///   takes `d`'s sums. Duplicates are rare, so `d` is usually empty and its second scan is
+///   skipped;
+/// - `o` counts orphan spans: the distinct (run, parent) pairs whose parent is not a span
+///   of the run (an anti-join of the parents against the spans), then the distinct spans
+///   that point at such a parent.
+///
+/// Plain SQL: DuckDB runs the same text in the benchmark.
+pub fn runs_sql(table: &str, window: &str) -> String {
+    let pick = SUMMED
+        .iter()
+        .map(|c| format!("CASE WHEN d.run_id IS NULL THEN a.{c} ELSE d.{c} END AS {c}"))
+        .collect::<Vec<_>>()
+        .join(",\n    ");
+    format!(
+        "SELECT a.run_id, a.workflow, a.agent_name, a.customer_id, a.outcome, a.start_time, a.end_time,
+    {pick},
+    coalesce(o.orphan_spans, 0) AS orphan_spans
+  FROM (
+    SELECT m.run_id, count(DISTINCT x.span_id) AS orphan_spans
+    FROM (
+      SELECT run_id, parent_span_id FROM (
+        SELECT run_id, parent_span_id FROM {table}
+        WHERE parent_span_id IS NOT NULL AND {window} GROUP BY run_id, parent_span_id) c
+      WHERE NOT EXISTS (
+        SELECT 1 FROM {table} p
+        WHERE p.run_id = c.run_id AND p.span_id = c.parent_span_id AND {window})
+    ) m JOIN {table} x ON x.run_id = m.run_id AND x.parent_span_id = m.parent_span_id
+    WHERE {window}
+    GROUP BY m.run_id
+  ) o RIGHT JOIN ((
+    SELECT run_id, {RUN_SUMS}
+    FROM (
+      SELECT run_id, span_id,
+        max(parent_span_id) AS parent_span_id, max(operation) AS operation,
+        max(tool_name) AS tool_name, max(retry_attempt) AS retry_attempt,
+        max(side_effect) AS side_effect, max(status_code) AS status_code,
+        max(error_type) AS error_type, max(input_tokens) AS input_tokens,
+        max(output_tokens) AS output_tokens, max(cache_read_tokens) AS cache_read_tokens,
+        max(cache_write_tokens) AS cache_write_tokens, max(reasoning_tokens) AS reasoning_tokens,
+        max(cost_inference_usd) AS cost_inference_usd, max(cost_tool_usd) AS cost_tool_usd,
+        max(cost_review_usd) AS cost_review_usd
+      FROM (
+        SELECT run_id AS dup_run FROM {table} WHERE {window}
+        GROUP BY run_id, span_id HAVING count(*) > 1
+      ) k JOIN {table} ON run_id = k.dup_run
+      WHERE {window}
+      GROUP BY run_id, span_id
+    ) deduplicated GROUP BY run_id
+  ) d RIGHT JOIN (
+    SELECT run_id,
+      coalesce(max(CASE WHEN parent_span_id IS NULL THEN workflow END), max(workflow)) AS workflow,
+      coalesce(max(CASE WHEN parent_span_id IS NULL THEN agent_name END), max(agent_name)) AS agent_name,
+      max(customer_id) AS customer_id,
+      coalesce(max(CASE WHEN parent_span_id IS NULL THEN outcome END), max(outcome)) AS outcome,
+      min(start_time) AS start_time,
+      max(end_time) AS end_time,
+      {RUN_SUMS}
+    FROM {table} WHERE {window} GROUP BY run_id
+  ) a ON d.run_id = a.run_id) ON o.run_id = a.run_id"
+    )
 }
 
-/// `WITH s AS (...), runs AS (...)` for a window of `table`, followed by `body`.
+/// `WITH s AS (...), runs AS (...)` for a window of `table`, followed by `body`. `s` holds
+/// one row per (run, span), for the bodies that need spans (CTEs that a body does not use
+/// are not computed).
 pub fn with_runs(table: &str, window: &str, body: &str) -> String {
     format!(
         "WITH s AS ({}), runs AS ({}) {body}",
         spans_sql(table, window),
-        runs_sql()
+        runs_sql(table, window)
     )
 }
 

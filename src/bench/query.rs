@@ -96,34 +96,88 @@ pub(crate) fn window_of(lake: &BenchLake) -> TimeWindow {
     }
 }
 
+/// What `bench query` runs besides the default comparison.
+pub(crate) struct Options {
+    /// Print DataFusion's EXPLAIN ANALYZE.
+    pub explain: bool,
+    /// A SQL file to time instead of the per-workflow query.
+    pub sql: Option<PathBuf>,
+    /// DataFusion options (`key=value`) for runledger's session.
+    pub datafusion: Vec<String>,
+}
+
+/// A session of `lake` with the `key=value` options applied.
+async fn session(
+    lake: &Lake,
+    settings: &[String],
+) -> anyhow::Result<datafusion::prelude::SessionContext> {
+    let (ctx, _) = lake.session(false).await?;
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("--set {setting}: expected KEY=VALUE"))?;
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .set(key, value)?;
+    }
+    Ok(ctx)
+}
+
 pub(crate) async fn run(
     spans: u64,
     hours: u64,
     data_dir: PathBuf,
     repeats: usize,
+    options: Options,
 ) -> anyhow::Result<ExitCode> {
+    let Options {
+        explain,
+        sql: sql_file,
+        datafusion: settings,
+    } = options;
     println!(
         "runledger query benchmark ({} cores): per-workflow metrics over {spans} spans in {hours} hour partitions",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     let lake_info = build(&data_dir, spans, hours).await?;
     let window = window_of(&lake_info);
-    let sql = workflow_sums_sql("spans", &window.predicate());
+    let custom = sql_file.is_some();
+    let sql = match sql_file {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .replace("{window}", &window.predicate()),
+        None => workflow_sums_sql("spans", &window.predicate()),
+    };
 
     // The API caps a query at api.query_memory_mib; the benchmark measures speed, not that cap.
     let lake = Lake::new(&data_dir, Duration::from_secs(3600)).with_memory_limit(16 << 30);
     let mut times = Vec::new();
     let mut result = Vec::new();
+    let mut our_runs = 0;
     for i in 0..=repeats {
         let started = Instant::now();
-        let (ctx, _) = lake.session(false).await?;
+        let ctx = session(&lake, &settings).await?;
         let batches = ctx.sql(&sql).await?.collect().await?;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         // The first run opens the table and warms the OS cache, for both engines alike.
         if i > 0 {
             times.push(elapsed);
         }
-        result = workflows_from_sums(&batches)?;
+        our_runs = second_column_sum(&batches)?;
+        if !custom {
+            result = workflows_from_sums(&batches)?;
+        }
+    }
+    if explain {
+        let ctx = session(&lake, &settings).await?;
+        let plan = ctx
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await?
+            .collect()
+            .await?;
+        println!("{}", arrow::util::pretty::pretty_format_batches(&plan)?);
     }
     let ours = median(&mut times);
     let mut duck = duckdb(&data_dir, &sql, repeats + 1).await?;
@@ -131,7 +185,6 @@ pub(crate) async fn run(
     let theirs = median(&mut duck.times_ms);
 
     // Both engines must agree before their times mean anything.
-    let our_runs: u64 = result.iter().map(|m| m.runs).sum();
     let their_runs: u64 = duck
         .rows
         .iter()
@@ -154,4 +207,18 @@ pub(crate) async fn run(
         ours / theirs
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sum of the second column (the run count of the per-workflow query).
+fn second_column_sum(batches: &[arrow::array::RecordBatch]) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for batch in batches {
+        let column = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::UInt64)?;
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .context("second column")?;
+        sum += column.iter().flatten().sum::<u64>();
+    }
+    Ok(sum)
 }

@@ -76,6 +76,9 @@ enum Which {
         /// setting against the defaults.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         options: Vec<String>,
+        /// runledger's memory cap for the query, MiB (default: the API's `api.query_memory_mib`).
+        #[arg(long)]
+        memory_mib: Option<usize>,
     },
     /// The dashboard overview's API calls over a large generated lake: cold, cached, and
     /// stale-while-revalidate latencies.
@@ -130,11 +133,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             explain,
             sql,
             options,
+            memory_mib,
         } => {
             let options = query::Options {
                 explain,
                 sql,
                 datafusion: options,
+                memory_mib: memory_mib
+                    .unwrap_or(runledger_query::ApiConfig::default().query_memory_mib),
             };
             query::run(spans, hours, data_dir, repeats.max(1), options).await
         }

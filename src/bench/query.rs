@@ -104,6 +104,8 @@ pub(crate) struct Options {
     pub sql: Option<PathBuf>,
     /// DataFusion options (`key=value`) for runledger's session.
     pub datafusion: Vec<String>,
+    /// runledger's memory cap for the query, MiB.
+    pub memory_mib: usize,
 }
 
 /// A session of `lake` with the `key=value` options applied.
@@ -136,6 +138,7 @@ pub(crate) async fn run(
         explain,
         sql: sql_file,
         datafusion: settings,
+        memory_mib,
     } = options;
     println!(
         "runledger query benchmark ({} cores): per-workflow metrics over {spans} spans in {hours} hour partitions",
@@ -151,8 +154,8 @@ pub(crate) async fn run(
         None => workflow_sums_sql("spans", &window.predicate()),
     };
 
-    // The API caps a query at api.query_memory_mib; the benchmark measures speed, not that cap.
-    let lake = Lake::new(&data_dir, Duration::from_secs(3600)).with_memory_limit(16 << 30);
+    // Under the same per-query memory cap as the API's (api.query_memory_mib) by default.
+    let lake = Lake::new(&data_dir, Duration::from_secs(3600)).with_memory_limit(memory_mib << 20);
     let mut times = Vec::new();
     let mut result = Vec::new();
     let mut our_runs = 0;
@@ -179,9 +182,11 @@ pub(crate) async fn run(
             .await?;
         println!("{}", arrow::util::pretty::pretty_format_batches(&plan)?);
     }
+    let ours_all = times.clone();
     let ours = median(&mut times);
     let mut duck = duckdb(&data_dir, &sql, repeats + 1).await?;
     duck.times_ms.remove(0);
+    let duck_all = duck.times_ms.clone();
     let theirs = median(&mut duck.times_ms);
 
     // Both engines must agree before their times mean anything.
@@ -197,10 +202,17 @@ pub(crate) async fn run(
         "workflows: {}, runs: {our_runs} (both engines agree)",
         result.len()
     );
-    println!("runledger (DataFusion) per-workflow metrics: median {ours:>8.0} ms of {repeats}");
+    println!(
+        "runledger (DataFusion) per-workflow metrics: median {ours:>8.0} ms of {repeats} (memory cap {memory_mib} MiB)"
+    );
     println!(
         "DuckDB {} threads, same SQL, same files:     median {theirs:>8.0} ms of {repeats}",
         duck.threads
+    );
+    println!(
+        "each run (ms): runledger {}; DuckDB {}",
+        list_ms(&ours_all),
+        list_ms(&duck_all)
     );
     println!(
         "ratio runledger / DuckDB: {:.2} (<= 1.0: runledger at most as slow)",
@@ -221,4 +233,12 @@ fn second_column_sum(batches: &[arrow::array::RecordBatch]) -> anyhow::Result<u6
         sum += column.iter().flatten().sum::<u64>();
     }
     Ok(sum)
+}
+
+fn list_ms(times: &[f64]) -> String {
+    times
+        .iter()
+        .map(|t| format!("{t:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

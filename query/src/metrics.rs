@@ -1,11 +1,13 @@
 //! The metrics of DESIGN.md as SQL over the span table, and their typed answers.
 //!
 //! Every metric is built from two views over the spans of a [`TimeWindow`]:
-//! - `s`: one row per span, deduplicated by (`run_id`, `span_id`), so that a span an SDK sent
-//!   twice (a retried export) is counted once;
 //! - `runs`: one row per run: workflow, agent, customer and outcome (from the root span, else
-//!   any span that names them), start, end, cost components, tool calls, tool errors,
-//!   retries, write actions, failed write actions, roots and orphan spans.
+//!   any span that names them), start, end, cost components, tokens, tool calls, tool
+//!   errors, retries, write actions, failed write actions, roots and orphan spans, each span
+//!   counted once even when an SDK sent it twice (a retried export); see [`runs_sql`] for
+//!   how it gets there without deduplicating every span;
+//! - `s`: one row per (`run_id`, `span_id`), for the metrics that look at spans (tools,
+//!   cost by model, capabilities).
 //!
 //! Definitions (also in the README):
 //! - completion rate = successful runs / finished runs (runs with an outcome);

@@ -388,3 +388,71 @@ async fn runaway_runs_are_those_far_above_their_workflow_norm() {
         "{found:?}"
     );
 }
+
+/// The `runs` view counts a span stored twice (in the same file or in a later one) once,
+/// whether it is a root, a tool call or an orphan, and finds a parent in another file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_view_counts_each_span_once_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path(), Duration::ZERO);
+    let tool = |id, parent, start| {
+        let mut spec = spec(id, Some(parent), "execute_tool refund", start, 10);
+        spec.attributes = vec![("gen_ai.tool.name", s("refund"))];
+        spec.error = true;
+        spec
+    };
+    let first = vec![
+        span_of("run-dup", &spec(1, None, "root", 0, 1_000)),
+        span_of("run-dup", &spec(2, Some(1), "plan", 10, 10)),
+        span_of("run-dup", &tool(3, 1, 20)),
+        span_of("run-orphans", &spec(10, None, "root", 0, 1_000)),
+        span_of("run-orphans", &spec(11, Some(10), "plan", 10, 10)),
+        span_of("run-orphans", &spec(12, Some(99), "lost", 20, 10)),
+        span_of("run-orphans", &spec(12, Some(99), "lost", 20, 10)),
+        span_of("run-clean", &spec(20, None, "root", 0, 1_000)),
+        span_of("run-clean", &tool(21, 20, 10)),
+    ];
+    write(dir.path(), first).await;
+    let later = vec![
+        span_of("run-dup", &spec(1, None, "root", 0, 1_000)),
+        span_of("run-dup", &tool(3, 1, 20)),
+        span_of("run-orphans", &spec(12, Some(99), "lost", 20, 10)),
+        span_of("run-orphans", &spec(13, Some(98), "lost too", 30, 10)),
+        span_of("run-orphans", &spec(14, Some(10), "late", 40, 10)),
+    ];
+    write(dir.path(), later).await;
+
+    let at = chrono::DateTime::from_timestamp(NEAR_MIDNIGHT, 0).unwrap();
+    let window = runledger_query::TimeWindow {
+        from: at - chrono::Duration::hours(1),
+        to: at + chrono::Duration::hours(1),
+    };
+    let (ctx, _) = lake.session(false).await.unwrap();
+    let sql = runledger_query::metrics::with_runs(
+        "spans",
+        &window.predicate(),
+        "SELECT run_id, spans, roots, tool_calls, tool_errors, orphan_spans
+         FROM runs ORDER BY run_id",
+    );
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| l.starts_with("| run-"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    let want = [
+        // run, spans, roots, tool calls, tool errors, orphan spans
+        ["run-clean", "2", "1", "1", "1", "0"],
+        ["run-dup", "3", "1", "1", "1", "0"],
+        ["run-orphans", "5", "1", "0", "0", "2"],
+    ];
+    assert_eq!(rows, want.map(|r| r.map(String::from).to_vec()), "{text}");
+}

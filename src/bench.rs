@@ -20,6 +20,7 @@ use anyhow::{bail, Context as _};
 use prost::Message;
 use runledger_sample_data::{send, Generator, GeneratorOptions, Protocol, SendOptions};
 
+mod api;
 mod lake;
 mod lookup;
 mod overview;

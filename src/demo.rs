@@ -98,7 +98,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if std::net::TcpListener::bind(config.server.api_addr).is_err() {
         config.server.api_addr = "127.0.0.1:0".parse()?;
     }
-    let running = Running::start(&config).await?;
+    let running = Running::start(&config, false).await?;
     let addrs = running.collector.addrs();
     println!(
         "runledger demo: collector on grpc://{} and http://{}/v1/traces, data in {}",
@@ -145,7 +145,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         tick.tick().await;
     }
-    // Answers cached before the replay (the warm-up at start) are of an empty lake.
+    // Anything cached during the replay (a visitor's early request) is of a partial lake.
     running.api_state.lake.invalidate().await;
     running.api_state.cache.clear();
     runledger_query::api::warm_overview(std::sync::Arc::clone(&running.api_state), 168)

@@ -74,7 +74,9 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    pub(crate) async fn start(config: &RunledgerConfig) -> anyhow::Result<Self> {
+    /// Starts everything. With `warm`, the overview's answers are computed in the background
+    /// at once (`serve`); the demo computes them itself once its replay has landed.
+    pub(crate) async fn start(config: &RunledgerConfig, warm: bool) -> anyhow::Result<Self> {
         let collector = Collector::start(CollectorSettings {
             data_dir: config.server.data_dir.clone(),
             grpc_addr: config.server.grpc_addr,
@@ -103,6 +105,9 @@ impl Running {
         // not wait for a scan of the whole window.
         let warming = Arc::clone(&api_state);
         let warm = tokio::spawn(async move {
+            if !warm {
+                return;
+            }
             if let Err(e) = runledger_query::api::warm_overview(warming, 168).await {
                 tracing::warn!("warming the overview: {e:?}");
             }
@@ -171,7 +176,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // graceful stop too.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let running = Running::start(&config).await?;
+    let running = Running::start(&config, true).await?;
     let addrs = running.collector.addrs();
     let api_addr = running.api_addr;
     // One machine-readable line, then the human one.

@@ -9,17 +9,6 @@ use std::path::Path;
 use common::{fast_flush_config, ok, query, runledger, Server};
 use serde_json::Value;
 
-async fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{}{path}", server.api))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn total(data_dir: &Path, tier: &str, column: &str) -> f64 {
     query(data_dir, &format!("SELECT sum({column}) AS v FROM {tier}"))[0]["v"]
         .as_f64()
@@ -69,9 +58,11 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
     // Restarted: the same token still works; a wrong one does not.
     let server = Server::start(&data_dir, &fast_flush_config(""));
     assert_eq!(std::fs::read_to_string(&token_path).unwrap(), token);
-    let (status, _) = get(&server, "/api/v1/workflows", "rl_wrong_token_0000000000").await;
+    let (status, _) = server
+        .get_json("/api/v1/workflows", "rl_wrong_token_0000000000")
+        .await;
     assert_eq!(status, 401);
-    let (status, body) = get(&server, "/api/v1/workflows", &token).await;
+    let (status, body) = server.get_json("/api/v1/workflows", &token).await;
     assert_eq!(status, 200, "{body}");
     let workflows = body["workflows"].as_array().unwrap();
     let runs: u64 = workflows.iter().map(|w| w["runs"].as_u64().unwrap()).sum();
@@ -84,7 +75,7 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
     // Every model the generator uses is in the built-in table.
     assert!(workflows.iter().all(|w| w["unpriced_spans"] == 0), "{body}");
     // The API's cost equals the lake's, read by SQL.
-    let (_, by_model) = get(&server, "/api/v1/cost?group_by=model", &token).await;
+    let (_, by_model) = server.get_json("/api/v1/cost?group_by=model", &token).await;
     let api_inference: f64 = by_model["rows"]
         .as_array()
         .unwrap()
@@ -96,7 +87,7 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
 
     // Run lookup: the list, one run by id, the same run by one of its external refs, and
     // `runledger run` through the API and from the lake, all agreeing.
-    let (status, page) = get(&server, "/api/v1/runs?limit=1000", &token).await;
+    let (status, page) = server.get_json("/api/v1/runs?limit=1000", &token).await;
     assert_eq!(status, 200, "{page}");
     let listed = page["runs"].as_array().unwrap();
     assert_eq!(listed.len(), 150);
@@ -106,7 +97,9 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
     );
     let run_id = with_ref[0]["run_id"].as_str().unwrap().to_string();
     let external_ref = with_ref[0]["external_ref"].as_str().unwrap().to_string();
-    let (status, view) = get(&server, &format!("/api/v1/runs/{run_id}"), &token).await;
+    let (status, view) = server
+        .get_json(&format!("/api/v1/runs/{run_id}"), &token)
+        .await;
     assert_eq!(status, 200, "{view}");
     let spans = query(
         &data_dir,
@@ -126,7 +119,9 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
         (listed_run["cost_usd"].as_f64().unwrap() - view["cost_usd"].as_f64().unwrap()).abs()
             < 1e-9
     );
-    let (_, by_ref) = get(&server, &format!("/api/v1/runs?ref={external_ref}"), &token).await;
+    let (_, by_ref) = server
+        .get_json(&format!("/api/v1/runs?ref={external_ref}"), &token)
+        .await;
     assert_eq!(by_ref["runs"][0]["run_id"], run_id.as_str(), "{by_ref}");
     let api_url = format!("http://{}", server.api);
     let via_api: Value = serde_json::from_str(&ok(runledger(

@@ -13,16 +13,6 @@ use std::process::Command;
 use common::{fast_flush_config, ok, runledger, Server};
 use serde_json::Value;
 
-async fn get_text(server: &Server, path: &str, token: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{}{path}", server.api))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 /// Parses the Prometheus text format strictly: every line a comment, blank, or
 /// `name{labels} value`. Returns samples by name and label text.
 fn parse_prometheus(text: &str) -> BTreeMap<String, Vec<(String, f64)>> {
@@ -154,9 +144,9 @@ async fn metrics_grafana_and_the_web_page_agree_with_the_api() {
 
     // /metrics: strict text format, counters equal to what was sent, a latency series for
     // the route just called.
-    let (status, _) = get_text(&server, "/api/v1/whoami", &token).await;
+    let (status, _) = server.get_text("/api/v1/whoami", &token).await;
     assert_eq!(status, 200);
-    let (status, text) = get_text(&server, "/metrics", "").await;
+    let (status, text) = server.get_text("/metrics", "").await;
     assert_eq!(status, 200, "{text}");
     let series = parse_prometheus(&text);
     let one = |name: &str| series[name][0].1;
@@ -232,14 +222,10 @@ async fn metrics_grafana_and_the_web_page_agree_with_the_api() {
     let to = (now + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:00:00Z")
         .to_string();
-    let (status, body) = get_text(
-        &server,
-        &format!("/api/v1/workflows?from={from}&to={to}"),
-        &token,
-    )
-    .await;
+    let (status, api) = server
+        .get_json(&format!("/api/v1/workflows?from={from}&to={to}"), &token)
+        .await;
     assert_eq!(status, 200);
-    let api: Value = serde_json::from_str(&body).unwrap();
     let expected: BTreeMap<String, f64> = api["workflows"]
         .as_array()
         .unwrap()
@@ -251,7 +237,7 @@ async fn metrics_grafana_and_the_web_page_agree_with_the_api() {
             )
         })
         .collect();
-    assert!(expected.len() >= 3, "{body}");
+    assert!(expected.len() >= 3, "{api}");
 
     let url = format!(
         "http://{}/?token={token}&from={from}&to={to}#workflows",

@@ -358,6 +358,23 @@ where
     state.cache.get_or_compute(key, move || work).await
 }
 
+/// [`cached_aggregate`], answered as JSON.
+async fn cached_json<F, Fut>(
+    state: &Shared,
+    route: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    extra: &[&str],
+    compute: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Shared, BTreeMap<String, String>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Value>> + Send + 'static,
+{
+    let value = cached_aggregate(state, route, headers, query, extra, compute).await?;
+    Ok(shared_json(value))
+}
+
 fn cache_key(route: &str, p: &Params) -> String {
     format!("{route}?{}", serde_json::to_string(p).unwrap_or_default())
 }
@@ -443,7 +460,7 @@ async fn workflows(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let value = cached_aggregate(
+    cached_json(
         &state,
         "workflows",
         &headers,
@@ -451,8 +468,7 @@ async fn workflows(
         &[],
         compute_workflows,
     )
-    .await?;
-    Ok(shared_json(value))
+    .await
 }
 
 async fn compute_gates(state: Shared, p: Params, workflow: String) -> ApiResult<Value> {
@@ -494,11 +510,10 @@ async fn gates(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let route = format!("gates/{workflow}");
-    let value = cached_aggregate(&state, &route, &headers, q.as_deref(), &[], |state, p| {
+    cached_json(&state, &route, &headers, q.as_deref(), &[], |state, p| {
         compute_gates(state, p, workflow)
     })
-    .await?;
-    Ok(shared_json(value))
+    .await
 }
 
 const COST_CSV_COLUMNS: &[&str] = &[
@@ -597,20 +612,13 @@ async fn tools(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let value = cached_aggregate(
-        &state,
-        "tools",
-        &headers,
-        q.as_deref(),
-        &[],
-        |state, p| async move {
-            let (window, ctx) = aggregate_session(&state, &p).await?;
-            let rows = metrics::tools(&ctx, SPANS, &window).await?;
-            Ok(windowed(&window, "tools", rows))
-        },
-    )
-    .await?;
-    Ok(shared_json(value))
+    cached_json(&state, "tools", &headers, q.as_deref(), &[], compute_tools).await
+}
+
+async fn compute_tools(state: Shared, p: Params) -> ApiResult<Value> {
+    let (window, ctx) = aggregate_session(&state, &p).await?;
+    let rows = metrics::tools(&ctx, SPANS, &window).await?;
+    Ok(windowed(&window, "tools", rows))
 }
 
 async fn capabilities(
@@ -618,20 +626,21 @@ async fn capabilities(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let value = cached_aggregate(
+    cached_json(
         &state,
         "capabilities",
         &headers,
         q.as_deref(),
         &[],
-        |state, p| async move {
-            let (window, ctx) = aggregate_session(&state, &p).await?;
-            let rows = metrics::capabilities(&ctx, SPANS, &window).await?;
-            Ok(windowed(&window, "capabilities", rows))
-        },
+        compute_capabilities,
     )
-    .await?;
-    Ok(shared_json(value))
+    .await
+}
+
+async fn compute_capabilities(state: Shared, p: Params) -> ApiResult<Value> {
+    let (window, ctx) = aggregate_session(&state, &p).await?;
+    let rows = metrics::capabilities(&ctx, SPANS, &window).await?;
+    Ok(windowed(&window, "capabilities", rows))
 }
 
 async fn budget_status(state: &ApiState) -> ApiResult<Vec<crate::budgets::BudgetStatus>> {
@@ -682,7 +691,7 @@ async fn runaway(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let value = cached_aggregate(
+    cached_json(
         &state,
         "runaway",
         &headers,
@@ -690,8 +699,7 @@ async fn runaway(
         &["limit"],
         compute_runaway,
     )
-    .await?;
-    Ok(shared_json(value))
+    .await
 }
 
 async fn prometheus(

@@ -392,10 +392,23 @@ fn page_selection(
 
 /// The run `run_id` from `tier`, or `None` when no span of it is stored.
 pub async fn lookup(lake: &Lake, tier: Tier, run_id: &str) -> Result<Option<RunView>, QueryError> {
+    let started = std::time::Instant::now();
     let files = lake
         .run_index(tier, |index| index.files_with_run(run_id))
         .await?;
+    let candidates = files.len();
+    let indexed = started.elapsed();
     let batches = read_matching(lake, files, c::RUN_ID, run_id, Some(RUN_COLUMNS)).await?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    tracing::debug!(
+        run_id,
+        tier = %tier,
+        candidate_files = candidates,
+        rows,
+        index_ms = indexed.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "run lookup"
+    );
     build_run(run_id, tier, &batches)
 }
 

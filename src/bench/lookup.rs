@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rand::seq::IndexedRandom as _;
 use rand::SeedableRng as _;
-use runledger_query::api::{self, ApiState, Tokens};
-use runledger_query::{ApiConfig, GatesConfig, Lake, Role, TokenConfig};
+use runledger_query::api::ApiState;
+use runledger_query::{ApiConfig, GatesConfig, Lake, Role};
 
+use super::api::{one_token, BenchApi};
 use super::lake::build;
 use super::query::{live_files, python};
 
@@ -85,18 +86,10 @@ pub(crate) async fn run(
     let state = ApiState::new(
         Arc::clone(&lake),
         &ApiConfig::default(),
-        Tokens::from_config(&[TokenConfig {
-            role: Role::Oncall,
-            token: Some(token.into()),
-            token_sha256: None,
-            name: Some("bench".into()),
-        }]),
+        one_token(Role::Oncall, token),
         GatesConfig::default(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(state))).await });
-    let client = reqwest::Client::new();
+    let api = BenchApi::serve(state, token).await?;
 
     // The index: built from the files once (no sidecars), then loaded from its sidecars.
     let started = Instant::now();
@@ -114,25 +107,10 @@ pub(crate) async fn run(
         warm * 1000.0
     );
 
-    let get = |path: String| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let started = Instant::now();
-            let response = client.get(&url).bearer_auth(token).send().await?;
-            let status = response.status();
-            let body: serde_json::Value = response.json().await?;
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
-            if !status.is_success() {
-                bail!("{url}: {status} {body}");
-            }
-            Ok::<_, anyhow::Error>((ms, body))
-        }
-    };
     let mut by_id = Vec::new();
     let mut our_rows = Vec::new();
     for id in &run_ids {
-        let (ms, body) = get(format!("/api/v1/runs/{id}")).await?;
+        let (ms, body) = api.get(&format!("/api/v1/runs/{id}")).await?;
         by_id.push(ms);
         our_rows.push(body["spans"].as_array().map_or(0, Vec::len));
     }
@@ -150,7 +128,7 @@ pub(crate) async fn run(
     }
     let mut by_ref = Vec::new();
     for external_ref in &refs {
-        let (ms, body) = get(format!("/api/v1/runs?ref={external_ref}")).await?;
+        let (ms, body) = api.get(&format!("/api/v1/runs?ref={external_ref}")).await?;
         if body["runs"].as_array().is_none_or(Vec::is_empty) {
             bail!("ref {external_ref} found no run");
         }

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use runledger_query::api::{self, ApiState, Tokens};
+use runledger_query::api::ApiState;
 use runledger_query::budgets::{BudgetConfig, BudgetPeriod, BudgetScope};
-use runledger_query::{ApiConfig, GatesConfig, Lake, Role, TokenConfig};
+use runledger_query::{ApiConfig, GatesConfig, Lake, Role};
 
+use super::api::{one_token, BenchApi};
 use super::lake::build;
 use super::query::{median, window_of};
 
@@ -40,12 +40,7 @@ pub(crate) async fn run(
     let state = ApiState::new(
         Arc::new(lake),
         &config,
-        Tokens::from_config(&[TokenConfig {
-            role: Role::Finance,
-            token: Some(token.into()),
-            token_sha256: None,
-            name: Some("bench".into()),
-        }]),
+        one_token(Role::Finance, token),
         GatesConfig::default(),
     )
     .with_budgets(vec![BudgetConfig {
@@ -55,24 +50,7 @@ pub(crate) async fn run(
         period: BudgetPeriod::Monthly,
         usd: 1000.0,
     }]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(state))).await });
-    let client = reqwest::Client::new();
-    let get = |path: String| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let started = Instant::now();
-            let response = client.get(&url).bearer_auth(token).send().await?;
-            let status = response.status();
-            let body: serde_json::Value = response.json().await?;
-            if !status.is_success() {
-                bail!("{url}: {status} {body}");
-            }
-            Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64() * 1000.0, body))
-        }
-    };
+    let api = BenchApi::serve(state, token).await?;
     // The calls the overview makes, in its order.
     let mut calls = vec![
         format!("/api/v1/workflows?{range}"),
@@ -83,7 +61,7 @@ pub(crate) async fn run(
     let mut cold = Vec::new();
     let started = Instant::now();
     for path in calls.clone() {
-        let (ms, body) = get(path.clone()).await?;
+        let (ms, body) = api.get(&path).await?;
         cold.push((path.clone(), ms));
         if path.starts_with("/api/v1/workflows?") {
             for w in body["workflows"].as_array().into_iter().flatten() {
@@ -94,7 +72,7 @@ pub(crate) async fn run(
         }
     }
     for path in calls.iter().skip(4) {
-        let (ms, _) = get(path.clone()).await?;
+        let (ms, _) = api.get(path).await?;
         cold.push((path.clone(), ms));
     }
     let cold_total = started.elapsed().as_secs_f64() * 1000.0;
@@ -110,7 +88,7 @@ pub(crate) async fn run(
     let mut warm = Vec::new();
     for _ in 0..repeats {
         for path in &calls {
-            warm.push(get(path.clone()).await?.0);
+            warm.push(api.get(path).await?.0);
         }
     }
     let warm_max = warm.iter().copied().fold(0.0, f64::max);

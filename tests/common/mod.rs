@@ -20,6 +20,24 @@ pub struct Server {
 }
 
 impl Server {
+    /// `GET path` on the API with a bearer token: the status and the body as text.
+    pub async fn get_text(&self, path: &str, token: &str) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.api))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// `GET path` on the API with a bearer token: the status and the body as JSON (null
+    /// when it is not JSON).
+    pub async fn get_json(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let (status, text) = self.get_text(path, token).await;
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// Starts `runledger serve` on free loopback ports with `config` (TOML) and waits until
     /// it listens.
     pub fn start(data_dir: &Path, config: &str) -> Server {

@@ -105,58 +105,56 @@ const SUMMED: [&str; 16] = [
 /// which is what made the straightforward form (deduplicate every span, then fold runs,
 /// then self-join the spans for orphans) slow and memory-hungry at 10M spans:
 /// - `a` folds the raw rows of each run in one pass. Its maxima and minima are right even
-///   when a span was stored twice (a retried export), but its sums and counts are not;
-/// - `d` finds the runs that hold a duplicated span (only the keys are grouped) and
-///   recomputes the sums of just those runs over deduplicated spans; a run found there
-///   takes `d`'s sums. Duplicates are rare, so `d` is usually empty and its second scan is
-///   skipped;
-/// - `o` counts orphan spans: the distinct (run, parent) pairs whose parent is not a span
-///   of the run (an anti-join of the parents against the spans), then the distinct spans
-///   that point at such a parent.
+///   when a span was stored twice (a retried export), but its sums and counts are only
+///   right for a run with no duplicated span, and it cannot see orphans;
+/// - `k` finds the runs that `a` cannot answer, from keys alone: each (run, id) where `id`
+///   is a span id or a parent id of the run, with `n` = how many rows carry it as their span
+///   id. `n > 1` is a duplicated span; `n = 0` is a parent that is not in the run, so its
+///   children are orphans. Every other key has `n = 1`;
+/// - `f` recomputes just those runs over deduplicated spans, orphans included, and a run
+///   found there takes `f`'s sums. Such runs are rare, so `f` is usually empty and its scan
+///   is skipped.
 ///
 /// Plain SQL: DuckDB runs the same text in the benchmark.
 pub fn runs_sql(table: &str, window: &str) -> String {
     let pick = SUMMED
         .iter()
-        .map(|c| format!("CASE WHEN d.run_id IS NULL THEN a.{c} ELSE d.{c} END AS {c}"))
+        .map(|c| format!("CASE WHEN f.run_id IS NULL THEN a.{c} ELSE f.{c} END AS {c}"))
         .collect::<Vec<_>>()
         .join(",\n    ");
     format!(
         "SELECT a.run_id, a.workflow, a.agent_name, a.customer_id, a.outcome, a.start_time, a.end_time,
     {pick},
-    coalesce(o.orphan_spans, 0) AS orphan_spans
+    coalesce(f.orphan_spans, 0) AS orphan_spans
   FROM (
-    SELECT m.run_id, count(DISTINCT x.span_id) AS orphan_spans
+    SELECT run_id, {RUN_SUMS}, sum(orphan) AS orphan_spans
     FROM (
-      SELECT run_id, parent_span_id FROM (
-        SELECT run_id, parent_span_id FROM {table}
-        WHERE parent_span_id IS NOT NULL AND {window} GROUP BY run_id, parent_span_id) c
-      WHERE NOT EXISTS (
-        SELECT 1 FROM {table} p
-        WHERE p.run_id = c.run_id AND p.span_id = c.parent_span_id AND {window})
-    ) m JOIN {table} x ON x.run_id = m.run_id AND x.parent_span_id = m.parent_span_id
-    WHERE {window}
-    GROUP BY m.run_id
-  ) o RIGHT JOIN ((
-    SELECT run_id, {RUN_SUMS}
-    FROM (
-      SELECT run_id, span_id,
-        max(parent_span_id) AS parent_span_id, max(operation) AS operation,
-        max(tool_name) AS tool_name, max(retry_attempt) AS retry_attempt,
-        max(side_effect) AS side_effect, max(status_code) AS status_code,
-        max(error_type) AS error_type, max(input_tokens) AS input_tokens,
-        max(output_tokens) AS output_tokens, max(cache_read_tokens) AS cache_read_tokens,
-        max(cache_write_tokens) AS cache_write_tokens, max(reasoning_tokens) AS reasoning_tokens,
-        max(cost_inference_usd) AS cost_inference_usd, max(cost_tool_usd) AS cost_tool_usd,
-        max(cost_review_usd) AS cost_review_usd
+      SELECT x.run_id, x.span_id,
+        max(x.parent_span_id) AS parent_span_id, max(x.operation) AS operation,
+        max(x.tool_name) AS tool_name, max(x.retry_attempt) AS retry_attempt,
+        max(x.side_effect) AS side_effect, max(x.status_code) AS status_code,
+        max(x.error_type) AS error_type, max(x.input_tokens) AS input_tokens,
+        max(x.output_tokens) AS output_tokens, max(x.cache_read_tokens) AS cache_read_tokens,
+        max(x.cache_write_tokens) AS cache_write_tokens,
+        max(x.reasoning_tokens) AS reasoning_tokens,
+        max(x.cost_inference_usd) AS cost_inference_usd, max(x.cost_tool_usd) AS cost_tool_usd,
+        max(x.cost_review_usd) AS cost_review_usd,
+        max(CASE WHEN k.n = 0 AND x.parent_span_id = k.id THEN 1 ELSE 0 END) AS orphan
       FROM (
-        SELECT run_id AS dup_run FROM {table} WHERE {window}
-        GROUP BY run_id, span_id HAVING count(*) > 1
-      ) k JOIN {table} ON run_id = k.dup_run
+        SELECT run_id, id, n FROM (
+          SELECT run_id, id, sum(present) AS n FROM (
+            SELECT run_id, span_id AS id, 1 AS present FROM {table} WHERE {window}
+            UNION ALL
+            SELECT run_id, parent_span_id AS id, 0 AS present FROM {table}
+            WHERE parent_span_id IS NOT NULL AND {window}
+            GROUP BY run_id, parent_span_id
+          ) keys GROUP BY run_id, id
+        ) counted WHERE n <> 1
+      ) k JOIN {table} x ON x.run_id = k.run_id
       WHERE {window}
-      GROUP BY run_id, span_id
+      GROUP BY x.run_id, x.span_id
     ) deduplicated GROUP BY run_id
-  ) d RIGHT JOIN (
+  ) f RIGHT JOIN (
     SELECT run_id,
       coalesce(max(CASE WHEN parent_span_id IS NULL THEN workflow END), max(workflow)) AS workflow,
       coalesce(max(CASE WHEN parent_span_id IS NULL THEN agent_name END), max(agent_name)) AS agent_name,
@@ -166,7 +164,7 @@ pub fn runs_sql(table: &str, window: &str) -> String {
       max(end_time) AS end_time,
       {RUN_SUMS}
     FROM {table} WHERE {window} GROUP BY run_id
-  ) a ON d.run_id = a.run_id) ON o.run_id = a.run_id"
+  ) a ON f.run_id = a.run_id"
     )
 }
 

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::arrow::array::StringArray;
@@ -1002,31 +1003,38 @@ pub async fn runaway(
     window: &TimeWindow,
     limit: usize,
 ) -> Result<Vec<RunawayRun>, QueryError> {
-    let sql = crate::metrics::with_runs(
+    // The runs are computed once and kept (a few columns a run): the norms and the runs
+    // measured against them both read them, and a CTE named twice would compute them twice.
+    let costed = crate::metrics::with_runs(
         table,
         &window.predicate(),
-        // `with_runs` ends its WITH list at `runs AS (...)`: the body continues it.
-        &format!(
-            ", costed AS (
-               SELECT *, coalesce(cost_inference_usd, 0) + coalesce(cost_tool_usd, 0) + coalesce(cost_review_usd, 0) AS cost
-               FROM runs
-             ), norms AS (
-               SELECT workflow AS norm_workflow, count(*) AS n,
-                 CAST(approx_median(cost) AS DOUBLE) AS med_cost,
-                 CAST(approx_median(CAST(tool_calls AS DOUBLE)) AS DOUBLE) AS med_tools,
-                 CAST(approx_median(CAST(retries AS DOUBLE)) AS DOUBLE) AS med_retries
-               FROM costed GROUP BY workflow
-             )
-             SELECT r.run_id, r.workflow, r.agent_name, r.outcome, r.start_time, r.cost,
-               r.tool_calls, r.retries, n.med_cost, n.med_tools, n.med_retries
-             FROM costed r JOIN norms n ON r.workflow = n.norm_workflow
-             WHERE n.n >= {RUNAWAY_MIN_RUNS} AND (
-               r.tool_calls >= greatest(5 * n.med_tools, n.med_tools + 20)
-               OR r.retries >= greatest(5 * n.med_retries, n.med_retries + 10)
-               OR (r.cost >= 10 * n.med_cost AND r.cost >= 1.0))
-             ORDER BY r.cost DESC, r.run_id
-             LIMIT {limit}"
-        ),
+        "SELECT run_id, workflow, agent_name, outcome, start_time, tool_calls, retries,
+           coalesce(cost_inference_usd, 0) + coalesce(cost_tool_usd, 0) + coalesce(cost_review_usd, 0) AS cost
+         FROM runs WHERE workflow IS NOT NULL",
+    );
+    let frame = ctx.sql(&costed).await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let rows = frame.collect().await?;
+    let runs = datafusion::datasource::MemTable::try_new(schema, vec![rows])?;
+    let ctx = SessionContext::new();
+    ctx.register_table("costed", Arc::new(runs))?;
+    let sql = format!(
+        "WITH norms AS (
+           SELECT workflow AS norm_workflow, count(*) AS n,
+             CAST(approx_median(cost) AS DOUBLE) AS med_cost,
+             CAST(approx_median(CAST(tool_calls AS DOUBLE)) AS DOUBLE) AS med_tools,
+             CAST(approx_median(CAST(retries AS DOUBLE)) AS DOUBLE) AS med_retries
+           FROM costed GROUP BY workflow
+         )
+         SELECT r.run_id, r.workflow, r.agent_name, r.outcome, r.start_time, r.cost,
+           r.tool_calls, r.retries, n.med_cost, n.med_tools, n.med_retries
+         FROM costed r JOIN norms n ON r.workflow = n.norm_workflow
+         WHERE n.n >= {RUNAWAY_MIN_RUNS} AND (
+           r.tool_calls >= greatest(5 * n.med_tools, n.med_tools + 20)
+           OR r.retries >= greatest(5 * n.med_retries, n.med_retries + 10)
+           OR (r.cost >= 10 * n.med_cost AND r.cost >= 1.0))
+         ORDER BY r.cost DESC, r.run_id
+         LIMIT {limit}"
     );
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut out = Vec::new();

@@ -85,6 +85,7 @@ pub struct RedactionTotals {
     pub by_kind: Vec<(String, u64)>,
 }
 
+#[derive(Clone)]
 enum Edit {
     Keep,
     Replace(String),
@@ -614,14 +615,15 @@ impl Redactor {
         let strings = column.as_string::<i32>();
         let kinds = self.kinds.len();
         let mut edits: Vec<(usize, Option<String>)> = Vec::new();
+        let mut memo = Memo::default();
         for (row, value) in strings.iter().enumerate() {
             let Some(value) = value else { continue };
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
-            let edit = match rule {
-                Some(d) => self.apply_key_rule(d, value, row_counts),
-                None if json => self.redact_text_or_json(value, row_counts),
-                None => self.scan(value, row_counts, force),
-            };
+            let edit = memoized(&mut memo, value, value, row_counts, |counts| match rule {
+                Some(d) => self.apply_key_rule(d, value, counts),
+                None if json => self.redact_text_or_json(value, counts),
+                None => self.scan(value, counts, force),
+            });
             match edit {
                 Edit::Keep => {}
                 Edit::Replace(s) => edits.push((row, Some(s))),
@@ -662,6 +664,7 @@ impl Redactor {
         let kinds = self.kinds.len();
         // (entry, new key if changed, new value: None = drop, Some(None) = unchanged).
         let mut edits: Vec<(usize, Option<String>, Option<Option<String>>)> = Vec::new();
+        let mut memo = Memo::default();
         for row in 0..map.len() {
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
             for entry in offsets[row] as usize..offsets[row + 1] as usize {
@@ -674,11 +677,14 @@ impl Redactor {
                 for &kind in &info.key_kinds {
                     row_counts[kind] += 1;
                 }
-                let decision = info.rule.map(|i| &self.key_decisions[i]);
                 let edit = if values.is_null(entry) {
                     Edit::Keep
                 } else {
-                    self.redact_value(decision, values.value(entry), row_counts)
+                    let value = values.value(entry);
+                    let decision = info.rule.map(|i| &self.key_decisions[i]);
+                    memoized(&mut memo, (info.rule, value), value, row_counts, |counts| {
+                        self.redact_value(decision, value, counts)
+                    })
                 };
                 let new_value = match edit {
                     Edit::Keep => Some(None),
@@ -746,6 +752,46 @@ impl Redactor {
 
 /// What the redactor decided about one attribute key, cached per batch: keys repeat on
 /// every span.
+/// Values at least this long are redacted once per batch and the answer reused: agents
+/// resend the same system instructions, tool definitions and retrieved documents with every
+/// model call, and scanning them again is most of what redaction costs on such traffic.
+const MEMO_MIN_BYTES: usize = 256;
+
+/// The redactions of a batch's long values, by what decides them (the key rule and the
+/// value of an attribute; the value of a column): the edit, and the kinds it found with
+/// their counts. Redaction is a function of the rule and the value alone, so a repeat gets
+/// exactly what a second scan would give.
+type Memo<K> = FxHashMap<K, (Edit, Vec<(usize, u32)>)>;
+
+/// The edit of `value` from `memo`, or from `redact` (which adds its findings to the counts
+/// it is given) when the value is short or new; `counts` gets the findings either way.
+fn memoized<K: std::hash::Hash + Eq>(
+    memo: &mut Memo<K>,
+    key: K,
+    value: &str,
+    counts: &mut [u32],
+    redact: impl FnOnce(&mut [u32]) -> Edit,
+) -> Edit {
+    if value.len() < MEMO_MIN_BYTES {
+        return redact(counts);
+    }
+    let (edit, found) = memo.entry(key).or_insert_with(|| {
+        let mut scratch = vec![0u32; counts.len()];
+        let edit = redact(&mut scratch);
+        let found = scratch
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(kind, n)| (kind, *n))
+            .collect();
+        (edit, found)
+    });
+    for &(kind, n) in found.iter() {
+        counts[kind] += n;
+    }
+    edit.clone()
+}
+
 struct KeyInfo {
     rule: Option<usize>,
     redacted_key: Option<String>,

@@ -812,3 +812,70 @@ fn a_random_key_without_digits_next_to_a_secret_word_is_masked() {
     let prose = "reset your password through the settings page";
     assert_eq!(redact(&r, prose), prose);
 }
+
+/// A long value repeated across the spans of a batch is scanned once and redacted alike in
+/// every span, with every span's summary counting it; the same value under a key with a rule
+/// of its own gets that rule, not the memoised scan.
+#[test]
+fn repeated_long_values_are_redacted_in_every_span() {
+    let r = redactor();
+    let long = format!(
+        "{} Contact jane.doe@example.com, key sk-proj-abcDEF1234567890abcdef1234567890XYZ.",
+        "You are the refund agent of an online store; follow the policy. ".repeat(5)
+    );
+    assert!(long.len() >= 256);
+    let mut request = request_carrying(&["plain".to_string()]);
+    let template = request.resource_spans[0].scope_spans[0].spans[0].clone();
+    let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+    spans.clear();
+    for i in 0..4u8 {
+        let mut span = template.clone();
+        span.span_id = vec![i + 1; 8];
+        let key = if i == 3 {
+            "api_key"
+        } else {
+            "gen_ai.system_instructions"
+        };
+        span.attributes.push(kv(key, sv(&long)));
+        spans.push(span);
+    }
+    let raw = normalized(&request);
+    assert_eq!(raw.num_rows(), 4);
+    let (batch, totals) = r.redact_batch(&raw).unwrap();
+    let text = all_text(&batch);
+    assert!(!text.contains("jane.doe@example.com"), "{text}");
+    assert!(!text.contains("sk-proj-abcDEF"), "{text}");
+    assert!(text.contains("You are the refund agent"));
+
+    let summary = batch.column_by_name(col::REDACTIONS).unwrap().as_map();
+    let count = |row: usize, kind: &str| -> i32 {
+        let entries = summary.value(row);
+        let keys = entries.column(0).as_string::<i32>();
+        let values = entries
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        (0..keys.len())
+            .filter(|&i| keys.value(i) == kind)
+            .map(|i| values.value(i))
+            .sum()
+    };
+    for row in 0..3 {
+        assert_eq!(count(row, "EMAIL"), count(0, "EMAIL"), "row {row}");
+        assert_eq!(
+            count(row, "OPENAI_KEY"),
+            count(0, "OPENAI_KEY"),
+            "row {row}"
+        );
+    }
+    assert!(count(0, "EMAIL") >= 1 && count(0, "OPENAI_KEY") >= 1);
+    // Under `api_key` the whole value is a secret: the key's rule, not the text scan.
+    assert_eq!((count(3, "EMAIL"), count(3, "OPENAI_KEY")), (0, 0));
+    assert!(count(3, "SECRET") >= 1);
+    let email_total: u64 = totals
+        .by_kind
+        .iter()
+        .filter(|(k, _)| k == "EMAIL")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(email_total, 3 * count(0, "EMAIL") as u64);
+}

@@ -32,6 +32,20 @@ pub(crate) struct BenchArgs {
     which: Which,
 }
 
+/// The generated lake the query benchmarks run over.
+#[derive(Debug, clap::Args)]
+struct LakeArgs {
+    /// Spans in the lake.
+    #[arg(long, default_value_t = 10_000_000)]
+    spans: u64,
+    /// Hour partitions they are spread over.
+    #[arg(long, default_value_t = 48)]
+    hours: u64,
+    /// Where the lake is built (kept and reused by later runs).
+    #[arg(long, default_value = "bench-data/lake-10m")]
+    data_dir: std::path::PathBuf,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Which {
     /// OTLP in to Parquet out: decode-only limit, end-to-end throughput, storage ratio.
@@ -53,46 +67,19 @@ enum Which {
     /// Per-workflow metrics over a large generated lake: runledger against DuckDB on the same
     /// files with the same SQL.
     Query {
-        /// Spans in the lake.
-        #[arg(long, default_value_t = 10_000_000)]
-        spans: u64,
-        /// Hour partitions they are spread over.
-        #[arg(long, default_value_t = 48)]
-        hours: u64,
-        /// Where the lake is built (kept and reused by later runs).
-        #[arg(long, default_value = "bench-data/lake-10m")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        lake: LakeArgs,
         /// Timed repetitions of each engine (after one warm-up).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Also print DataFusion's EXPLAIN ANALYZE of the query (where the time goes).
-        #[arg(long)]
-        explain: bool,
-        /// Time this SQL file in both engines instead of the per-workflow query (`{window}`
-        /// is replaced by the window's predicate over the table `spans`; its second column
-        /// must count runs, for the agreement check).
-        #[arg(long)]
-        sql: Option<std::path::PathBuf>,
-        /// A DataFusion option for runledger's session, `key=value` (repeatable), to try a
-        /// setting against the defaults.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        options: Vec<String>,
-        /// runledger's memory cap for the query, MiB (default: the API's `api.query_memory_mib`).
-        #[arg(long)]
-        memory_mib: Option<usize>,
+        #[command(flatten)]
+        options: query::Options,
     },
     /// The dashboard overview's API calls over a large generated lake: cold, cached, and
     /// stale-while-revalidate latencies.
     Overview {
-        /// Spans in the lake.
-        #[arg(long, default_value_t = 10_000_000)]
-        spans: u64,
-        /// Hour partitions they are spread over.
-        #[arg(long, default_value_t = 48)]
-        hours: u64,
-        /// Where the lake is built (kept and reused by later runs).
-        #[arg(long, default_value = "bench-data/lake-10m")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        lake: LakeArgs,
         /// Timed repetitions of the cached calls.
         #[arg(long, default_value_t = 20)]
         repeats: usize,
@@ -100,15 +87,8 @@ enum Which {
     /// Run lookup through the API, by run id and by external ref, over a large generated
     /// lake: p50 and p99 latency against DuckDB filtering the same files.
     Lookup {
-        /// Spans in the lake.
-        #[arg(long, default_value_t = 10_000_000)]
-        spans: u64,
-        /// Hour partitions they are spread over.
-        #[arg(long, default_value_t = 48)]
-        hours: u64,
-        /// Where the lake is built (kept and reused by later runs).
-        #[arg(long, default_value = "bench-data/lake-10m")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        lake: LakeArgs,
         /// Random run ids (and as many refs) to look up through the API.
         #[arg(long, default_value_t = 500)]
         lookups: usize,
@@ -127,34 +107,31 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             data_dir,
         } => ingest(runs, concurrency, runs_per_request, data_dir).await,
         Which::Query {
-            spans,
-            hours,
-            data_dir,
+            lake:
+                LakeArgs {
+                    spans,
+                    hours,
+                    data_dir,
+                },
             repeats,
-            explain,
-            sql,
             options,
-            memory_mib,
-        } => {
-            let options = query::Options {
-                explain,
-                sql,
-                datafusion: options,
-                memory_mib: memory_mib
-                    .unwrap_or(runledger_query::ApiConfig::default().query_memory_mib),
-            };
-            query::run(spans, hours, data_dir, repeats.max(1), options).await
-        }
+        } => query::run(spans, hours, data_dir, repeats.max(1), options).await,
         Which::Overview {
-            spans,
-            hours,
-            data_dir,
+            lake:
+                LakeArgs {
+                    spans,
+                    hours,
+                    data_dir,
+                },
             repeats,
         } => overview::run(spans, hours, data_dir, repeats.max(1)).await,
         Which::Lookup {
-            spans,
-            hours,
-            data_dir,
+            lake:
+                LakeArgs {
+                    spans,
+                    hours,
+                    data_dir,
+                },
             lookups,
             duckdb_lookups,
         } => {

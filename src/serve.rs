@@ -69,7 +69,7 @@ pub(crate) struct Running {
     pub generated_token: Option<String>,
     stop_api: tokio::sync::oneshot::Sender<()>,
     api: tokio::task::JoinHandle<std::io::Result<()>>,
-    warm: tokio::task::JoinHandle<()>,
+    warm: Option<tokio::task::JoinHandle<()>>,
     maintenance: crate::maintain::Periodic,
 }
 
@@ -103,14 +103,13 @@ impl Running {
         )));
         // The overview's answers are computed once at start, so that the first visitor does
         // not wait for a scan of the whole window.
-        let warming = Arc::clone(&api_state);
-        let warm = tokio::spawn(async move {
-            if !warm {
-                return;
-            }
-            if let Err(e) = runledger_query::api::warm_overview(warming, 168).await {
-                tracing::warn!("warming the overview: {e:?}");
-            }
+        let warm = warm.then(|| {
+            let warming = Arc::clone(&api_state);
+            tokio::spawn(async move {
+                if let Err(e) = runledger_query::api::warm_overview(warming, 168).await {
+                    tracing::warn!("warming the overview: {e:?}");
+                }
+            })
         });
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let router = runledger_query::api::router(Arc::clone(&api_state));
@@ -137,7 +136,9 @@ impl Running {
     /// Stops accepting, flushes everything to the lake, stops the API and maintenance.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let metrics = self.collector.metrics();
-        self.warm.abort();
+        if let Some(warm) = &self.warm {
+            warm.abort();
+        }
         let _ = self.stop_api.send(());
         self.maintenance.stop().await;
         self.collector

@@ -61,42 +61,25 @@ pub fn spans_sql(table: &str, window: &str) -> String {
     )
 }
 
-/// The per-run sums of [`runs_sql`], over rows that hold one span each.
-const RUN_SUMS: &str = "sum(cost_inference_usd) AS cost_inference_usd,
-      sum(cost_tool_usd) AS cost_tool_usd,
-      sum(cost_review_usd) AS cost_review_usd,
-      count(*) AS spans,
-      sum(CASE WHEN tool_name IS NOT NULL OR operation = 'execute_tool' THEN 1 ELSE 0 END) AS tool_calls,
-      sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND status_code = 'error' THEN 1 ELSE 0 END) AS tool_errors,
-      sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND retry_attempt > 0 THEN 1 ELSE 0 END) AS retries,
-      sum(CASE WHEN side_effect = 'write' THEN 1 ELSE 0 END) AS write_actions,
-      sum(CASE WHEN side_effect = 'write' AND (status_code = 'error' OR error_type IS NOT NULL) THEN 1 ELSE 0 END) AS failed_write_actions,
-      sum(CASE WHEN parent_span_id IS NULL THEN 1 ELSE 0 END) AS roots,
-      sum(CASE WHEN (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) AND cost_inference_usd IS NULL THEN 1 ELSE 0 END) AS unpriced_spans,
-      sum(input_tokens) AS input_tokens,
-      sum(output_tokens) AS output_tokens,
-      sum(cache_read_tokens) AS cache_read_tokens,
-      sum(cache_write_tokens) AS cache_write_tokens,
-      sum(reasoning_tokens) AS reasoning_tokens";
-
-/// The columns that [`RUN_SUMS`] adds up.
-const SUMMED: [&str; 16] = [
-    "cost_inference_usd",
-    "cost_tool_usd",
-    "cost_review_usd",
-    "spans",
-    "tool_calls",
-    "tool_errors",
-    "retries",
-    "write_actions",
-    "failed_write_actions",
-    "roots",
-    "unpriced_spans",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
+/// The per-run sums of [`runs_sql`], over rows that hold one span each: (expression,
+/// column).
+const RUN_SUMS: [(&str, &str); 16] = [
+    ("sum(cost_inference_usd)", "cost_inference_usd"),
+    ("sum(cost_tool_usd)", "cost_tool_usd"),
+    ("sum(cost_review_usd)", "cost_review_usd"),
+    ("count(*)", "spans"),
+    ("sum(CASE WHEN tool_name IS NOT NULL OR operation = 'execute_tool' THEN 1 ELSE 0 END)", "tool_calls"),
+    ("sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND status_code = 'error' THEN 1 ELSE 0 END)", "tool_errors"),
+    ("sum(CASE WHEN (tool_name IS NOT NULL OR operation = 'execute_tool') AND retry_attempt > 0 THEN 1 ELSE 0 END)", "retries"),
+    ("sum(CASE WHEN side_effect = 'write' THEN 1 ELSE 0 END)", "write_actions"),
+    ("sum(CASE WHEN side_effect = 'write' AND (status_code = 'error' OR error_type IS NOT NULL) THEN 1 ELSE 0 END)", "failed_write_actions"),
+    ("sum(CASE WHEN parent_span_id IS NULL THEN 1 ELSE 0 END)", "roots"),
+    ("sum(CASE WHEN (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) AND cost_inference_usd IS NULL THEN 1 ELSE 0 END)", "unpriced_spans"),
+    ("sum(input_tokens)", "input_tokens"),
+    ("sum(output_tokens)", "output_tokens"),
+    ("sum(cache_read_tokens)", "cache_read_tokens"),
+    ("sum(cache_write_tokens)", "cache_write_tokens"),
+    ("sum(reasoning_tokens)", "reasoning_tokens"),
 ];
 
 /// The `runs` view: one row per run of `table` in `window`.
@@ -117,9 +100,14 @@ const SUMMED: [&str; 16] = [
 ///
 /// Plain SQL: DuckDB runs the same text in the benchmark.
 pub fn runs_sql(table: &str, window: &str) -> String {
-    let pick = SUMMED
+    let sums = RUN_SUMS
         .iter()
-        .map(|c| format!("CASE WHEN f.run_id IS NULL THEN a.{c} ELSE f.{c} END AS {c}"))
+        .map(|(sum, c)| format!("{sum} AS {c}"))
+        .collect::<Vec<_>>()
+        .join(",\n      ");
+    let pick = RUN_SUMS
+        .iter()
+        .map(|(_, c)| format!("CASE WHEN f.run_id IS NULL THEN a.{c} ELSE f.{c} END AS {c}"))
         .collect::<Vec<_>>()
         .join(",\n    ");
     format!(
@@ -127,7 +115,7 @@ pub fn runs_sql(table: &str, window: &str) -> String {
     {pick},
     coalesce(f.orphan_spans, 0) AS orphan_spans
   FROM (
-    SELECT run_id, {RUN_SUMS}, sum(orphan) AS orphan_spans
+    SELECT run_id, {sums}, sum(orphan) AS orphan_spans
     FROM (
       SELECT x.run_id, x.span_id,
         max(x.parent_span_id) AS parent_span_id, max(x.operation) AS operation,
@@ -162,7 +150,7 @@ pub fn runs_sql(table: &str, window: &str) -> String {
       coalesce(max(CASE WHEN parent_span_id IS NULL THEN outcome END), max(outcome)) AS outcome,
       min(start_time) AS start_time,
       max(end_time) AS end_time,
-      {RUN_SUMS}
+      {sums}
     FROM {table} WHERE {window} GROUP BY run_id
   ) a ON f.run_id = a.run_id"
     )
@@ -257,9 +245,8 @@ pub async fn workflows(
     workflows_from_sums(&batches)
 }
 
-/// The rates of [`WorkflowMetrics`] from the sums of [`workflow_sums_sql`], whichever engine
-/// computed them.
-pub fn workflows_from_sums(
+/// The rates of [`WorkflowMetrics`] from the sums of [`workflow_sums_sql`].
+fn workflows_from_sums(
     batches: &[datafusion::arrow::array::RecordBatch],
 ) -> Result<Vec<WorkflowMetrics>, QueryError> {
     let mut out = Vec::new();

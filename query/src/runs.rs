@@ -1016,7 +1016,6 @@ pub async fn runaway(
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let rows = frame.collect().await?;
     let runs = datafusion::datasource::MemTable::try_new(schema, vec![rows])?;
-    let ctx = SessionContext::new();
     ctx.register_table("costed", Arc::new(runs))?;
     let sql = format!(
         "WITH norms AS (

@@ -23,6 +23,29 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_t` of mimalloc 3, the version
+/// `libmimalloc-sys` 0.1.49 builds; `libmimalloc-sys` names it only for mimalloc 2).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory settings for a long-running server (`serve`, `demo`). The collector frees and
+/// reallocates its request and segment buffers continuously; by default mimalloc hands freed
+/// memory back to the OS a second later, in transparent huge pages, so that each reuse
+/// faulted in fresh pages that the kernel zeroes 2 MiB at a time: 13-15% of the collector's
+/// CPU. Here freed memory stays in the process and huge pages are off: the collector's CPU
+/// per span falls by about a sixth on the ingest benchmark, and its peak resident set was
+/// lower (0.90-0.98 GiB against 1.13 GiB; the default returned little of it after the
+/// load). The footprint stays bounded by `ingest.memory_limit_bytes` and the query memory
+/// cap. Not applied to the other subcommands, nor inherited by anything they start.
+fn tune_memory_for_serving() {
+    // SAFETY: sets one process-wide allocator option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it takes no pointers.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "runledger",
@@ -75,6 +98,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_) | Command::Demo(_)) {
+        tune_memory_for_serving();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -101,5 +127,23 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option number is mimalloc 3's purge delay: its default is 1000 ms and no other
+    /// option of mimalloc 3 defaults to 1000. Fails if a `libmimalloc-sys` upgrade moves it.
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads one allocator option.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            delay, 1000,
+            "mi_option_t 15 is not mimalloc 3's purge_delay"
+        );
     }
 }

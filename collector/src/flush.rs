@@ -1,8 +1,9 @@
 //! The flusher: sealed WAL segments become commits to the lake, in sequence order.
 //!
 //! Runs on a thread of its own with its own runtime, because Parquet encoding is CPU work
-//! that must not stall the receivers' async threads. For each segment: read its records,
-//! sort them for the lake, and append them to every tier's table in one commit per tier that
+//! that must not stall the receivers' async threads. For each segment: take its batches (kept
+//! in memory by the WAL writer; read back from the file only after a restart), price them,
+//! and append them to every tier's table in one commit per tier that
 //! carries the application transaction (collector id, segment sequence). Only when every
 //! tier has it is the segment file deleted and its memory-budget reservation released.
 //! A failed flush is retried with backoff; meanwhile the budget fills up and the receivers
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use runledger_lake::{sort_for_lake, AppendOutcome, SpanTable};
+use runledger_lake::{AppendOutcome, SpanTable};
 use runledger_processor::{Pricer, Redactor};
 use runledger_schemas::{span_table_schema, Tier};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -83,58 +84,68 @@ impl Flusher {
     }
 
     async fn flush(&mut self, segment: &SealedSegment) -> Result<(), String> {
-        let (records, _) = read_segment(&segment.path).map_err(|e| e.to_string())?;
         let schema = span_table_schema();
-        let mut batches: Vec<RecordBatch> = Vec::with_capacity(records.len());
-        for record in records {
-            for batch in decode_batches(record).map_err(|e| {
-                format!(
-                    "segment {}: undecodable record: {e}",
-                    segment.path.display()
-                )
-            })? {
-                batches.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);
+        let logged = match &segment.batches {
+            Some(batches) => batches.clone(),
+            None => {
+                let (records, _) = read_segment(&segment.path).map_err(|e| e.to_string())?;
+                let mut batches = Vec::with_capacity(records.len());
+                for record in records {
+                    batches.extend(decode_batches(record).map_err(|e| {
+                        format!(
+                            "segment {}: undecodable record: {e}",
+                            segment.path.display()
+                        )
+                    })?);
+                }
+                batches
             }
-        }
-        let sorted = sort_for_lake(&batches).map_err(|e| e.to_string())?;
-        drop(batches);
-        let sorted = match sorted {
-            Some(batch) => {
-                let (priced, totals) = self
-                    .pricer
-                    .price_batch(&batch)
-                    .map_err(|e| format!("pricing: {e}"))?;
-                CollectorMetrics::add(&self.metrics.spans_unpriced, totals.unpriced);
-                Some(priced)
-            }
-            None => None,
         };
-        let mut redacted: Option<RecordBatch> = None;
+        let mut aligned = Vec::with_capacity(logged.len());
+        for batch in logged.into_iter().filter(|b| b.num_rows() > 0) {
+            aligned.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);
+        }
+        // One batch per segment (a copy of each column's buffers, not a row-by-row gather):
+        // pricing, redaction (whose memo of repeated values works within a batch) and the
+        // Parquet writer then run once over ~40k spans instead of once per request.
+        let mut priced = Vec::with_capacity(1);
+        if !aligned.is_empty() {
+            let merged = arrow::compute::concat_batches(&schema, &aligned)
+                .map_err(|e| format!("merging the segment's batches: {e}"))?;
+            drop(aligned);
+            let (batch, totals) = self
+                .pricer
+                .price_batch(&merged)
+                .map_err(|e| format!("pricing: {e}"))?;
+            CollectorMetrics::add(&self.metrics.spans_unpriced, totals.unpriced);
+            priced.push(batch);
+        }
+        let mut redacted: Vec<RecordBatch> = Vec::new();
         failpoint::hit("flush.before_commit");
         for (i, table) in self.tables.iter_mut().enumerate() {
-            let batch = match table.tier() {
-                Tier::Raw => sorted.as_ref(),
-                Tier::Redacted => match (&sorted, &self.redactor) {
-                    (None, _) => None,
-                    (Some(sorted), Some(redactor)) => {
-                        let started = Instant::now();
+            let batches = match table.tier() {
+                Tier::Raw => &priced,
+                Tier::Redacted => {
+                    let Some(redactor) = &self.redactor else {
+                        return Err("the redacted tier has no redactor: refusing to write".into());
+                    };
+                    let started = Instant::now();
+                    for batch in &priced {
                         let (batch, totals) = redactor
-                            .redact_batch(sorted)
+                            .redact_batch(batch)
                             .map_err(|e| format!("redacting: {e}"))?;
-                        CollectorMetrics::add(
-                            &self.metrics.redact_micros,
-                            started.elapsed().as_micros() as u64,
-                        );
                         self.metrics.add_redactions(&totals.by_kind);
-                        Some(&*redacted.insert(batch))
+                        redacted.push(batch);
                     }
-                    (Some(_), None) => {
-                        return Err("the redacted tier has no redactor: refusing to write".into())
-                    }
-                },
+                    CollectorMetrics::add(
+                        &self.metrics.redact_micros,
+                        started.elapsed().as_micros() as u64,
+                    );
+                    &redacted
+                }
             };
             let outcome = table
-                .append(batch, &self.app_id, segment.seq as i64)
+                .append(batches, &self.app_id, segment.seq as i64)
                 .await
                 .map_err(|e| e.to_string())?;
             if let AppendOutcome::Committed { rows, .. } = outcome {

@@ -188,8 +188,8 @@ pub fn sort_for_lake(
     Ok(Some(interleave_record_batch(&batches, &rows)?))
 }
 
-/// The (offset, length) of each run of equal partition values in a batch sorted by
-/// [`sort_for_lake`].
+/// The (offset, length) of each run of equal partition values in a batch: one for a batch
+/// that lies in one hour, one per partition for a batch sorted by [`sort_for_lake`].
 fn partition_runs(batch: &RecordBatch) -> Vec<(usize, usize)> {
     let date = batch
         .column_by_name(col::DATE)
@@ -373,13 +373,19 @@ impl SpanTable {
             .map_err(LakeError::delta(tier, "reading application transactions"))
     }
 
-    /// Appends `batch` (already sorted by [`sort_for_lake`]) in one atomic commit carrying the
-    /// application transaction (`app_id`, `txn_version`). When that transaction, or a later
-    /// one of the same application, is already in the table, nothing is written: this is what
-    /// makes a replay of the write-ahead log idempotent.
+    /// Appends `batches` in one atomic commit carrying the application transaction
+    /// (`app_id`, `txn_version`). When that transaction, or a later one of the same
+    /// application, is already in the table, nothing is written: this is what makes a replay
+    /// of the write-ahead log idempotent.
+    ///
+    /// Rows keep the order they are given in: a batch that lies in one hour (the common case)
+    /// goes to the writer as it is, without a copy; only a batch that straddles hours is
+    /// split, through [`sort_for_lake`]. The collector's flushes therefore keep arrival order
+    /// (a request's spans mostly come run by run), and compaction sorts each closed hour by
+    /// run once, instead of every span being sorted twice.
     pub async fn append(
         &mut self,
-        batch: Option<&RecordBatch>,
+        batches: &[RecordBatch],
         app_id: &str,
         txn_version: i64,
     ) -> Result<AppendOutcome, LakeError> {
@@ -390,9 +396,10 @@ impl SpanTable {
         {
             return Ok(AppendOutcome::AlreadyCommitted);
         }
-        let Some(batch) = batch.filter(|b| b.num_rows() > 0) else {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
             return Ok(AppendOutcome::Empty);
-        };
+        }
         let tier = self.tier;
         let delta = |context| LakeError::delta(tier, context);
         let mut writer = RecordBatchWriter::for_table(&self.table)
@@ -402,22 +409,31 @@ impl SpanTable {
                 CommitProperties::default()
                     .with_application_transaction(Transaction::new(app_id, txn_version)),
             );
-        // The batch is sorted by partition: each partition is a contiguous slice, handed to
-        // the writer without the copy that splitting an unsorted batch would make.
-        for (offset, len) in partition_runs(batch) {
-            let slice = batch.slice(offset, len);
-            let value = |name: &str| {
-                let column = slice.column_by_name(name).expect("partition column");
-                Scalar::String(column.as_string::<i32>().value(0).to_string())
-            };
-            let partition: IndexMap<String, Scalar> = PARTITION_COLUMNS
-                .iter()
-                .map(|name| (name.to_string(), value(name)))
-                .collect();
-            writer
-                .write_partition(slice, &partition, WriteMode::Default)
-                .await
-                .map_err(delta("writing Parquet files"))?;
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let mut in_order = batch.clone();
+            let mut runs = partition_runs(&in_order);
+            if runs.len() > 1 {
+                in_order = sort_for_lake(std::slice::from_ref(batch))
+                    .map_err(|e| LakeError::Arrow(e, tier))?
+                    .expect("a non-empty batch");
+                runs = partition_runs(&in_order);
+            }
+            // Each partition is now a contiguous slice, handed to the writer without a copy.
+            for (offset, len) in runs {
+                let slice = in_order.slice(offset, len);
+                let value = |name: &str| {
+                    let column = slice.column_by_name(name).expect("partition column");
+                    Scalar::String(column.as_string::<i32>().value(0).to_string())
+                };
+                let partition: IndexMap<String, Scalar> = PARTITION_COLUMNS
+                    .iter()
+                    .map(|name| (name.to_string(), value(name)))
+                    .collect();
+                writer
+                    .write_partition(slice, &partition, WriteMode::Default)
+                    .await
+                    .map_err(delta("writing Parquet files"))?;
+            }
         }
         let version = writer
             .flush_and_commit(&mut self.table)
@@ -425,7 +441,7 @@ impl SpanTable {
             .map_err(delta("committing"))?;
         Ok(AppendOutcome::Committed {
             version: version as i64,
-            rows: batch.num_rows(),
+            rows,
         })
     }
 }

@@ -89,7 +89,7 @@ async fn write(data_dir: &Path, spans: Vec<Span>) {
             .await
             .unwrap();
         table
-            .append(sorted.as_ref(), "runs-test", commit)
+            .append(sorted.as_slice(), "runs-test", commit)
             .await
             .unwrap();
     }

@@ -75,7 +75,7 @@ pub(crate) async fn build(data_dir: &Path, spans: u64, hours: u64) -> anyhow::Re
         let sorted = sort_for_lake(&batches)?;
         drop(batches);
         table
-            .append(sorted.as_ref(), "bench", hour as i64)
+            .append(sorted.as_slice(), "bench", hour as i64)
             .await
             .context("writing an hour")?;
         written += in_hour;

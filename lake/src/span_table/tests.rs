@@ -69,16 +69,25 @@ async fn appends_are_idempotent_per_application_transaction() {
         .await
         .unwrap();
     let sorted = sort_for_lake(&[batch(100, 7)]).unwrap().unwrap();
-    let first = table.append(Some(&sorted), "collector-a", 1).await.unwrap();
+    let first = table
+        .append(std::slice::from_ref(&sorted), "collector-a", 1)
+        .await
+        .unwrap();
     assert!(
         matches!(first, AppendOutcome::Committed { rows: 100, .. }),
         "{first:?}"
     );
     // The same transaction again, as a replay after a crash would: nothing is written.
-    let replay = table.append(Some(&sorted), "collector-a", 1).await.unwrap();
+    let replay = table
+        .append(std::slice::from_ref(&sorted), "collector-a", 1)
+        .await
+        .unwrap();
     assert_eq!(replay, AppendOutcome::AlreadyCommitted);
     // Another collector's transaction 1 is its own.
-    let other = table.append(Some(&sorted), "collector-b", 1).await.unwrap();
+    let other = table
+        .append(std::slice::from_ref(&sorted), "collector-b", 1)
+        .await
+        .unwrap();
     assert!(matches!(other, AppendOutcome::Committed { .. }));
 
     // A second process opening the table sees the transactions.
@@ -181,7 +190,10 @@ async fn checkpoints_are_written_at_the_configured_interval() {
         .unwrap();
     let sorted = sort_for_lake(&[batch(10, 2)]).unwrap().unwrap();
     for seq in 1..=4 {
-        table.append(Some(&sorted), "c", seq).await.unwrap();
+        table
+            .append(std::slice::from_ref(&sorted), "c", seq)
+            .await
+            .unwrap();
     }
     let log = table_path(dir.path(), Tier::Raw).join("_delta_log");
     assert!(

@@ -322,7 +322,7 @@ pub async fn write_lake_as(data_dir: &Path, runs: &[Run], app: &str) {
             let (priced, _) = pricer.price_batch(&batch).unwrap();
             let sorted = sort_for_lake(&[priced]).unwrap();
             table
-                .append(sorted.as_ref(), app, commit as i64)
+                .append(sorted.as_slice(), app, commit as i64)
                 .await
                 .unwrap();
         }

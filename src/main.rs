@@ -132,8 +132,8 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    /// The option number is mimalloc 3's purge delay: its default is 1000 ms and no other
-    /// option of mimalloc 3 defaults to 1000. Fails if a `libmimalloc-sys` upgrade moves it.
+    /// The option number is mimalloc 3's purge delay, whose default is 1000 ms. Fails if a
+    /// `libmimalloc-sys` upgrade moves it or changes the mimalloc it builds.
     #[test]
     fn the_purge_delay_option_is_the_one_set() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {

@@ -143,8 +143,9 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
 }
 
 /// Merges batches of the span table into one, its rows sorted by partition, then
-/// (`run_id`, `start_time`): the order in which they are written, so that each file is sorted
-/// by run. Only the sort keys are concatenated; the rows are gathered once from the inputs.
+/// (`run_id`, `start_time`): the order in which compaction rewrites an hour, so that each
+/// compacted file is sorted by run (and the split of a batch that straddles hours). Only the
+/// sort keys are concatenated; the rows are gathered once from the inputs.
 pub fn sort_for_lake(
     batches: &[RecordBatch],
 ) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {

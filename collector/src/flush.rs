@@ -1,8 +1,8 @@
 //! The flusher: sealed WAL segments become commits to the lake, in sequence order.
 //!
 //! Runs on a thread of its own with its own runtime, because Parquet encoding is CPU work
-//! that must not stall the receivers' async threads. For each segment: take its batches (kept
-//! in memory by the WAL writer; read back from the file only after a restart), price them,
+//! that must not stall the receivers' async threads. For each segment: decode its records
+//! (kept in memory by the WAL writer; read back from the file only after a restart), price them,
 //! and append them to every tier's table in one commit per tier that
 //! carries the application transaction (collector id, segment sequence). Only when every
 //! tier has it is the segment file deleted and its memory-budget reservation released.
@@ -85,22 +85,19 @@ impl Flusher {
 
     async fn flush(&mut self, segment: &SealedSegment) -> Result<(), String> {
         let schema = span_table_schema();
-        let logged = match &segment.batches {
-            Some(batches) => batches.clone(),
-            None => {
-                let (records, _) = read_segment(&segment.path).map_err(|e| e.to_string())?;
-                let mut batches = Vec::with_capacity(records.len());
-                for record in records {
-                    batches.extend(decode_batches(record).map_err(|e| {
-                        format!(
-                            "segment {}: undecodable record: {e}",
-                            segment.path.display()
-                        )
-                    })?);
-                }
-                batches
-            }
+        let records = match &segment.records {
+            Some(records) => records.clone(),
+            None => read_segment(&segment.path).map_err(|e| e.to_string())?.0,
         };
+        let mut logged = Vec::with_capacity(records.len());
+        for record in records {
+            logged.extend(decode_batches(record).map_err(|e| {
+                format!(
+                    "segment {}: undecodable record: {e}",
+                    segment.path.display()
+                )
+            })?);
+        }
         let mut aligned = Vec::with_capacity(logged.len());
         for batch in logged.into_iter().filter(|b| b.num_rows() > 0) {
             aligned.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);

@@ -156,17 +156,17 @@ impl Ingest {
             &self.metrics.spans_rejected_invalid,
             normalized.rejected_spans as u64,
         );
-        if let (Some(payload), Some(batch)) = (payload, normalized.batch) {
+        if let Some(payload) = payload {
             let payload = payload
                 .map_err(|e| IngestError::Unavailable(format!("encoding the batch: {e}")))?;
-            // The batch stays in memory with its WAL segment until the flush (the log on disk
-            // is for recovery): the reservation covers the larger of the two forms.
+            // The record stays in memory with its WAL segment until the flush (the log on
+            // disk is for recovery): the reservation counts it until then.
             let reservation = self
                 .budget
-                .try_reserve(payload.len().max(batch.get_array_memory_size()))
+                .try_reserve(payload.len())
                 .ok_or_else(|| self.overloaded("memory budget for unflushed spans is spent"))?;
             self.wal
-                .append(payload, Some(batch), reservation)
+                .append(payload, reservation)
                 .await
                 .map_err(|e| IngestError::Unavailable(e.to_string()))?;
         }

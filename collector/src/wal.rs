@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use tokio::sync::oneshot;
 
 use crate::budget::Reservation;
@@ -92,16 +91,15 @@ pub struct SealedSegment {
     pub bytes: u64,
     /// The memory-budget reservations of its records, released with the segment.
     pub reservations: Vec<Reservation>,
-    /// The records' batches as they were appended, when this process wrote the segment and
-    /// every append carried its batch: the flusher takes them from memory instead of reading
-    /// back and decoding the file it has just written. `None` for a recovered segment.
-    pub batches: Option<Vec<RecordBatch>>,
+    /// The records as they were written, when this process wrote the segment: the flusher
+    /// takes them from memory instead of reading back the file it has just written (they are
+    /// what the reservations count). `None` for a segment recovered from disk.
+    pub records: Option<Vec<bytes::Bytes>>,
 }
 
 enum Command {
     Append {
         payload: Vec<u8>,
-        batch: Option<RecordBatch>,
         reservation: Reservation,
         done: oneshot::Sender<Result<(), WalError>>,
     },
@@ -278,7 +276,7 @@ impl Wal {
                 path,
                 bytes,
                 reservations: vec![reservation],
-                batches: None,
+                records: None,
             });
         }
         let (commands, receiver) = mpsc::channel();
@@ -304,19 +302,13 @@ impl Wal {
     }
 
     /// Appends one record; resolves once it is durable (written, and fsynced if configured).
-    /// `batch`, the record decoded, is kept with the segment for the flusher (see
-    /// [`SealedSegment::batches`]); `reservation` must cover it.
-    pub async fn append(
-        &self,
-        payload: Vec<u8>,
-        batch: Option<RecordBatch>,
-        reservation: Reservation,
-    ) -> Result<(), WalError> {
+    /// The record stays in memory with its segment until the flush (see
+    /// [`SealedSegment::records`]): `reservation` counts it.
+    pub async fn append(&self, payload: Vec<u8>, reservation: Reservation) -> Result<(), WalError> {
         let (done, result) = oneshot::channel();
         self.commands
             .send(Command::Append {
                 payload,
-                batch,
                 reservation,
                 done,
             })
@@ -348,7 +340,7 @@ struct OpenSegment {
     records: u64,
     opened_at: Instant,
     reservations: Vec<Reservation>,
-    batches: Option<Vec<RecordBatch>>,
+    payloads: Vec<bytes::Bytes>,
 }
 
 struct Writer {
@@ -360,8 +352,7 @@ struct Writer {
 }
 
 struct PendingAppend {
-    payload: Vec<u8>,
-    batch: Option<RecordBatch>,
+    payload: bytes::Bytes,
     reservation: Reservation,
     done: oneshot::Sender<Result<(), WalError>>,
 }
@@ -399,14 +390,12 @@ impl Writer {
                 match command {
                     Command::Append {
                         payload,
-                        batch,
                         reservation,
                         done,
                     } => {
                         group_bytes += payload.len();
                         group.push(PendingAppend {
-                            payload,
-                            batch,
+                            payload: payload.into(),
                             reservation,
                             done,
                         });
@@ -449,7 +438,7 @@ impl Writer {
                 records: 0,
                 opened_at: Instant::now(),
                 reservations: Vec::new(),
-                batches: Some(Vec::new()),
+                payloads: Vec::new(),
             });
         }
         Ok(self.current.as_mut().expect("opened above"))
@@ -511,10 +500,7 @@ impl Writer {
                 let segment = self.current.as_mut().expect("written above");
                 for append in group {
                     segment.reservations.push(append.reservation);
-                    match (append.batch, &mut segment.batches) {
-                        (Some(batch), Some(batches)) => batches.push(batch),
-                        _ => segment.batches = None,
-                    }
+                    segment.payloads.push(append.payload);
                     let _ = append.done.send(Ok(()));
                 }
                 if segment.bytes >= self.options.segment_max_bytes {
@@ -552,7 +538,7 @@ impl Writer {
             path: segment.path,
             bytes: segment.bytes,
             reservations: segment.reservations,
-            batches: segment.batches,
+            records: Some(segment.payloads),
         };
         if self.sealed.send(sealed).is_err() {
             tracing::error!("the flusher is gone; the segment stays on disk for the next start");

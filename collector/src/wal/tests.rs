@@ -45,8 +45,7 @@ async fn concurrent_appends_share_fsyncs_and_survive_reopen() {
         let wal = wal.clone();
         let reservation = budget.try_reserve(4).unwrap();
         tasks.push(tokio::spawn(async move {
-            wal.append(i.to_le_bytes().to_vec(), None, reservation)
-                .await
+            wal.append(i.to_le_bytes().to_vec(), reservation).await
         }));
     }
     for task in tasks {
@@ -82,7 +81,7 @@ async fn a_torn_tail_is_cut_and_the_rest_recovered_in_order() {
     {
         let (wal, _, mut sealed, _, budget) = open(dir.path(), Duration::from_secs(3600), 5);
         for i in 0..3u8 {
-            wal.append(vec![i; 100], None, budget.force_reserve(100))
+            wal.append(vec![i; 100], budget.force_reserve(100))
                 .await
                 .unwrap();
         }
@@ -117,7 +116,7 @@ async fn a_torn_tail_is_cut_and_the_rest_recovered_in_order() {
 async fn a_segment_is_sealed_by_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, mut sealed, _, budget) = open(dir.path(), Duration::from_millis(50), 0);
-    wal.append(b"x".to_vec(), None, budget.force_reserve(1))
+    wal.append(b"x".to_vec(), budget.force_reserve(1))
         .await
         .unwrap();
     // The writer seals on its own: waiting for the channel is the synchronisation.
@@ -126,7 +125,7 @@ async fn a_segment_is_sealed_by_the_flush_interval() {
         .expect("sealed within the flush interval")
         .unwrap();
     assert_eq!(segment.seq, 0);
-    wal.append(b"y".to_vec(), None, budget.force_reserve(1))
+    wal.append(b"y".to_vec(), budget.force_reserve(1))
         .await
         .unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), sealed.recv())

@@ -89,24 +89,24 @@ impl Flusher {
             Some(records) => records.clone(),
             None => read_segment(&segment.path).map_err(|e| e.to_string())?.0,
         };
-        let mut logged = Vec::with_capacity(records.len());
+        let mut aligned = Vec::with_capacity(records.len());
         for record in records {
-            logged.extend(decode_batches(record).map_err(|e| {
+            let batches = decode_batches(record).map_err(|e| {
                 format!(
                     "segment {}: undecodable record: {e}",
                     segment.path.display()
                 )
-            })?);
-        }
-        let mut aligned = Vec::with_capacity(logged.len());
-        for batch in logged.into_iter().filter(|b| b.num_rows() > 0) {
-            aligned.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);
+            })?;
+            for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                aligned.push(align_to_schema(batch, &schema).map_err(|e| e.to_string())?);
+            }
         }
         // One batch per segment (a copy of each column's buffers, not a row-by-row gather):
         // pricing, redaction (whose memo of repeated values works within a batch) and the
         // Parquet writer then run once over ~40k spans instead of once per request.
-        let mut priced = Vec::with_capacity(1);
-        if !aligned.is_empty() {
+        let priced = if aligned.is_empty() {
+            None
+        } else {
             let merged = arrow::compute::concat_batches(&schema, &aligned)
                 .map_err(|e| format!("merging the segment's batches: {e}"))?;
             drop(aligned);
@@ -115,34 +115,38 @@ impl Flusher {
                 .price_batch(&merged)
                 .map_err(|e| format!("pricing: {e}"))?;
             CollectorMetrics::add(&self.metrics.spans_unpriced, totals.unpriced);
-            priced.push(batch);
-        }
-        let mut redacted: Vec<RecordBatch> = Vec::new();
+            Some(batch)
+        };
+        let mut redacted: Option<RecordBatch> = None;
         failpoint::hit("flush.before_commit");
         for (i, table) in self.tables.iter_mut().enumerate() {
-            let batches = match table.tier() {
-                Tier::Raw => &priced,
-                Tier::Redacted => {
-                    let Some(redactor) = &self.redactor else {
-                        return Err("the redacted tier has no redactor: refusing to write".into());
-                    };
-                    let started = Instant::now();
-                    for batch in &priced {
+            let batch = match table.tier() {
+                Tier::Raw => priced.as_ref(),
+                Tier::Redacted => match (&priced, &self.redactor) {
+                    (None, _) => None,
+                    (Some(priced), Some(redactor)) => {
+                        let started = Instant::now();
                         let (batch, totals) = redactor
-                            .redact_batch(batch)
+                            .redact_batch(priced)
                             .map_err(|e| format!("redacting: {e}"))?;
+                        CollectorMetrics::add(
+                            &self.metrics.redact_micros,
+                            started.elapsed().as_micros() as u64,
+                        );
                         self.metrics.add_redactions(&totals.by_kind);
-                        redacted.push(batch);
+                        Some(&*redacted.insert(batch))
                     }
-                    CollectorMetrics::add(
-                        &self.metrics.redact_micros,
-                        started.elapsed().as_micros() as u64,
-                    );
-                    &redacted
-                }
+                    (Some(_), None) => {
+                        return Err("the redacted tier has no redactor: refusing to write".into())
+                    }
+                },
             };
             let outcome = table
-                .append(batches, &self.app_id, segment.seq as i64)
+                .append(
+                    batch.map_or(&[], std::slice::from_ref),
+                    &self.app_id,
+                    segment.seq as i64,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             if let AppendOutcome::Committed { rows, .. } = outcome {

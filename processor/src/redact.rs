@@ -20,6 +20,7 @@ mod config;
 mod detectors;
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
@@ -315,62 +316,90 @@ impl Redactor {
         } else {
             text
         };
-        let mut out: Option<String> = None;
+        let mut scan = Scan {
+            combined,
+            hay,
+            text,
+            counts,
+            force,
+            edits: Vec::new(),
+        };
+        if self.scan_range(&mut scan, 0, text.len()).is_break() {
+            return Edit::Drop;
+        }
+        if scan.edits.is_empty() {
+            return Edit::Keep;
+        }
+        let mut out = String::with_capacity(text.len());
         let mut copied = 0;
-        let mut at = 0;
-        while at < text.len() {
-            let Some(m) = combined.search(&Input::new(hay).range(at..)) else {
+        for (range, replacement) in &scan.edits {
+            out.push_str(&text[copied..range.start]);
+            out.push_str(replacement);
+            copied = range.end;
+        }
+        out.push_str(&text[copied..]);
+        Edit::Replace(out)
+    }
+
+    /// Finds what the detectors redact in `from..to` of the haystack (matches end by `to`;
+    /// word boundaries still see past it) and records the edits in order. Breaks when a
+    /// detector's action drops the whole value.
+    fn scan_range(&self, scan: &mut Scan<'_, '_>, from: usize, to: usize) -> ControlFlow<()> {
+        let hay = scan.hay;
+        let mut at = from;
+        while at < to {
+            let Some(m) = scan.combined.search(&Input::new(hay).range(at..to)) else {
                 break;
             };
             let start = m.start();
             let first = m.pattern().as_usize();
-            let hit = self.confirm(hay, first, start, m.end()).or_else(|| {
+            let hit = self.confirm(hay, first, start, m.end(), to).or_else(|| {
                 // The pattern that matched here did not validate: another may.
                 (0..self.detectors.len())
                     .filter(|&i| i != first)
-                    .find_map(|i| self.confirm_anchored(hay, i, start))
+                    .find_map(|i| self.confirm_anchored(hay, i, start, to))
             });
             match hit {
                 Some((i, range, end)) => {
-                    let detector = &self.detectors[i];
-                    counts[detector.kind] += 1;
-                    let action = force.unwrap_or(detector.action);
-                    if action == Action::Drop {
-                        return Edit::Drop;
+                    // A detector that redacts a group (the value after `password is`) must
+                    // not hide what lies between its match's start and that group.
+                    let inner = next_char(hay, start);
+                    if range.start > inner {
+                        self.scan_range(scan, inner, range.start)?;
                     }
-                    let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
-                    out.push_str(&text[copied..range.start]);
-                    out.push_str(&self.replacement(detector.kind, action, &text[range.clone()]));
-                    copied = range.end;
+                    let detector = &self.detectors[i];
+                    scan.counts[detector.kind] += 1;
+                    let action = scan.force.unwrap_or(detector.action);
+                    if action == Action::Drop {
+                        return ControlFlow::Break(());
+                    }
+                    let replacement =
+                        self.replacement(detector.kind, action, &scan.text[range.clone()]);
+                    scan.edits.push((range, replacement));
                     at = end.max(start + 1);
                 }
                 None => at = next_char(hay, start),
             }
             at = ceil_char(hay, at);
         }
-        match out {
-            Some(mut out) => {
-                out.push_str(&text[copied..]);
-                Edit::Replace(out)
-            }
-            None => Edit::Keep,
-        }
+        ControlFlow::Continue(())
     }
 
     /// Confirms the combined automaton's match of detector `i` at `start..end`: returns the
-    /// detector, the range to redact and where scanning resumes.
+    /// detector, the range to redact and where scanning resumes. Nothing past `to` is taken.
     fn confirm(
         &self,
         text: &str,
         i: usize,
         start: usize,
         end: usize,
+        to: usize,
     ) -> Option<(usize, std::ops::Range<usize>, usize)> {
         let detector = &self.detectors[i];
         let range = if detector.group == 0 {
             start..end
         } else {
-            self.group_range(text, i, start)?
+            self.group_range(text, i, start, to)?
         };
         let range = match detector.validate {
             Some(validate) => validate(text, range)?,
@@ -384,18 +413,25 @@ impl Redactor {
         text: &str,
         i: usize,
         start: usize,
+        to: usize,
     ) -> Option<(usize, std::ops::Range<usize>, usize)> {
         let m = self.detectors[i]
             .regex
-            .search(&Input::new(text).range(start..).anchored(Anchored::Yes))?;
-        self.confirm(text, i, start, m.end())
+            .search(&Input::new(text).range(start..to).anchored(Anchored::Yes))?;
+        self.confirm(text, i, start, m.end(), to)
     }
 
-    fn group_range(&self, text: &str, i: usize, start: usize) -> Option<std::ops::Range<usize>> {
+    fn group_range(
+        &self,
+        text: &str,
+        i: usize,
+        start: usize,
+        to: usize,
+    ) -> Option<std::ops::Range<usize>> {
         let regex = &self.detectors[i].regex;
         let mut caps = regex.create_captures();
         regex.search_captures(
-            &Input::new(text).range(start..).anchored(Anchored::Yes),
+            &Input::new(text).range(start..to).anchored(Anchored::Yes),
             &mut caps,
         );
         caps.get_group(self.detectors[i].group).map(|s| s.range())
@@ -790,6 +826,17 @@ fn memoized<K: std::hash::Hash + Eq>(
         counts[kind] += n;
     }
     edit.clone()
+}
+
+/// One scan of one string: its haystack (escapes blanked), the original, and what was found.
+struct Scan<'s, 'c> {
+    combined: &'s MetaRegex,
+    hay: &'s str,
+    text: &'s str,
+    counts: &'c mut [u32],
+    force: Option<Action>,
+    /// Ranges of `text` to replace, in order, not overlapping.
+    edits: Vec<(std::ops::Range<usize>, String)>,
 }
 
 struct KeyInfo {

@@ -813,6 +813,29 @@ fn a_random_key_without_digits_next_to_a_secret_word_is_masked() {
     assert_eq!(redact(&r, prose), prose);
 }
 
+#[test]
+fn what_lies_between_a_secret_word_and_its_secret_is_scanned_too() {
+    // Found by the property test above (seed 10706980994666693372): the keyword detector
+    // redacts only the value after `token`, and scanning used to resume after that value,
+    // past the SSN in between.
+    let r = redactor();
+    for text in [
+        "please tokens =378-78-6205> \\\"gh6Yq2LmZ8rT4wXv9kPb3nQs\\\" customer",
+        "my token 4111 1111 1111 1111 9fA3kLm2Qx7Wz1Rt5Yu8",
+        "Bearer x@example.org abcdefgh12345678",
+    ] {
+        let out = redact(&r, text);
+        for sensitive in [
+            "378-78-6205",
+            "4111 1111 1111 1111",
+            "gh6Yq2LmZ8rT4wXv9kPb3nQs",
+            "9fA3kLm2Qx7Wz1Rt5Yu8",
+        ] {
+            assert!(!out.contains(sensitive), "{text} -> {out}");
+        }
+    }
+}
+
 /// A long value repeated across the spans of a batch is scanned once and redacted alike in
 /// every span, with every span's summary counting it; the same value under a key with a rule
 /// of its own gets that rule, not the memoised scan.

@@ -54,7 +54,7 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
         Err(error) => return error_response(&error, encoding),
     };
     match decode(&ingest, &headers, body, encoding).await {
-        Ok((request, wire_bytes)) => match ingest.export(request, Some(wire_bytes)).await {
+        Ok((request, wire_bytes)) => match ingest.export(request, wire_bytes).await {
             Ok(outcome) => {
                 let response = outcome.into_response();
                 let body = match encoding {
@@ -95,13 +95,14 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, IngestError> {
 }
 
 /// Reads the body within the size limit, decompresses it within the same limit (so a
-/// decompression bomb stops at the limit, not at the memory), and decodes it.
+/// decompression bomb stops at the limit, not at the memory): the request in protobuf wire
+/// form (JSON is decoded and encoded again), and the size of the body as sent.
 async fn decode(
     ingest: &Ingest,
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
-) -> Result<(ExportTraceServiceRequest, usize), IngestError> {
+) -> Result<(Bytes, usize), IngestError> {
     let limit = ingest.config().max_request_bytes;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
@@ -146,10 +147,12 @@ async fn decode(
         wire
     };
     let request = match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(payload)
-            .map_err(|e| IngestError::Malformed(format!("invalid protobuf: {e}")))?,
-        Encoding::Json => serde_json::from_slice(&payload)
-            .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON: {e}")))?,
+        // Read in place by the normaliser, which refuses invalid protobuf.
+        Encoding::Protobuf => payload,
+        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&payload)
+            .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON: {e}")))?
+            .encode_to_vec()
+            .into(),
     };
     Ok((request, wire_bytes))
 }

@@ -7,7 +7,7 @@ use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use runledger_processor::Normalizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -122,36 +122,36 @@ impl Ingest {
         }
     }
 
-    /// Normalises the request on the blocking pool, appends the accepted spans to the WAL,
-    /// and returns once they are durable. `payload_bytes` is the body as sent when the
-    /// transport knows it (HTTP); without it (gRPC) the message's protobuf size is counted.
+    /// Normalises the request (an `ExportTraceServiceRequest` in protobuf wire form, read in
+    /// place) on the blocking pool, appends the accepted spans to the WAL, and returns once
+    /// they are durable. `payload_bytes` is the body as sent (compressed or not); invalid
+    /// protobuf is refused whole, as malformed.
     pub async fn export(
         &self,
-        request: ExportTraceServiceRequest,
-        payload_bytes: Option<usize>,
+        request: bytes::Bytes,
+        payload_bytes: usize,
     ) -> Result<ExportOutcome, IngestError> {
         CollectorMetrics::add(&self.metrics.requests, 1);
-        if let Some(bytes) = payload_bytes {
-            CollectorMetrics::add(&self.metrics.bytes_received, bytes as u64);
-        }
-        let span_count = runledger_processor::span_count(&request);
-        CollectorMetrics::add(&self.metrics.spans_received, span_count as u64);
-        if span_count == 0 {
+        CollectorMetrics::add(&self.metrics.bytes_received, payload_bytes as u64);
+        if request.is_empty() {
             return Ok(ExportOutcome::default());
         }
         let normalizer = self.normalizer.clone();
-        let metrics = Arc::clone(&self.metrics);
         let (normalized, payload) = tokio::task::spawn_blocking(move || {
-            if payload_bytes.is_none() {
-                use prost::Message as _;
-                CollectorMetrics::add(&metrics.bytes_received, request.encoded_len() as u64);
-            }
-            let normalized = normalizer.normalize(&request, SystemTime::now());
+            let normalized = normalizer.normalize_wire(&request, SystemTime::now())?;
             let payload = normalized.batch.as_ref().map(encode_batch);
-            (normalized, payload)
+            Ok::<_, runledger_processor::WireError>((normalized, payload))
         })
         .await
-        .map_err(|e| IngestError::Unavailable(format!("normalising the request failed: {e}")))?;
+        .map_err(|e| IngestError::Unavailable(format!("normalising the request failed: {e}")))?
+        .map_err(|e| {
+            CollectorMetrics::add(&self.metrics.requests_malformed, 1);
+            IngestError::Malformed(e.to_string())
+        })?;
+        CollectorMetrics::add(
+            &self.metrics.spans_received,
+            (normalized.accepted_spans + normalized.rejected_spans) as u64,
+        );
         CollectorMetrics::add(
             &self.metrics.spans_rejected_invalid,
             normalized.rejected_spans as u64,

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use runledger_lake::{LakeConfig, SpanTable};
 use runledger_processor::{
     Normalizer, Pricer, PricingConfig, ProcessorConfig, RedactionConfig, Redactor,
@@ -14,7 +13,6 @@ use runledger_processor::{
 use runledger_schemas::Tier;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::codec::CompressionEncoding;
 
 use crate::flush::Flusher;
 use crate::grpc::{otlp_status_codes, GrpcReceiver};
@@ -226,12 +224,7 @@ impl Collector {
         };
 
         let limit = settings.collector.ingest.max_request_bytes;
-        let service = TraceServiceServer::new(GrpcReceiver {
-            ingest: ingest.clone(),
-        })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
+        let service = GrpcReceiver::new(ingest.clone(), limit);
         let layer_metrics = metrics.clone();
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()

@@ -2,59 +2,109 @@
 //!
 //! Strings are stored as they are; ints, doubles and bools in their usual decimal / `true`
 //! form; bytes as base64; arrays and key-value lists as JSON, whose scalars keep their types.
+//! Values arrive borrowed from the request's wire format (`crate::wire`); events and links,
+//! decoded into the generated structs, use the `AnyValue` forms at the end.
 
 use base64::Engine as _;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use serde_json::Value as Json;
 
+use crate::wire::{for_each_array_item, for_each_kvlist_entry, Val};
+
 /// Appends the string form of `value` to `out`. An absent value is the empty string.
-pub(crate) fn write_string(value: Option<&AnyValue>, out: &mut String) {
+pub(crate) fn write_string(value: Option<Val<'_>>, out: &mut String) {
     use std::fmt::Write as _;
-    let Some(value) = value.and_then(|v| v.value.as_ref()) else {
+    let Some(value) = value else {
         return;
     };
     match value {
-        Value::StringValue(s) => out.push_str(s),
-        Value::BoolValue(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::IntValue(i) => {
+        Val::Str(s) => out.push_str(s),
+        Val::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        Val::Int(i) => {
             let _ = write!(out, "{i}");
         }
-        // An index into a profiles string table: meaningless in traces, kept as a number.
-        Value::StringValueStrindex(i) => {
+        Val::Strindex(i) => {
             let _ = write!(out, "{i}");
         }
-        Value::DoubleValue(d) => {
+        Val::Double(d) => {
             let _ = write!(out, "{d}");
         }
-        Value::BytesValue(b) => out.push_str(&base64::engine::general_purpose::STANDARD.encode(b)),
-        Value::ArrayValue(_) | Value::KvlistValue(_) => {
-            out.push_str(&to_json(Some(value)).to_string());
+        Val::Bytes(b) => out.push_str(&base64::engine::general_purpose::STANDARD.encode(b)),
+        Val::Array(_) | Val::Kvlist(_) => out.push_str(&to_json(Some(value)).to_string()),
+    }
+}
+
+/// The JSON form of a value, used inside arrays and key-value lists.
+pub(crate) fn to_json(value: Option<Val<'_>>) -> Json {
+    match value {
+        None => Json::Null,
+        Some(Val::Str(s)) => Json::String(s.to_string()),
+        Some(Val::Bool(b)) => Json::Bool(b),
+        Some(Val::Int(i)) => Json::from(i),
+        Some(Val::Strindex(i)) => Json::from(i),
+        Some(Val::Double(d)) => double_json(d),
+        Some(Val::Bytes(b)) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        Some(Val::Array(bytes)) => {
+            let mut items = Vec::new();
+            for_each_array_item(bytes, |item| {
+                items.push(to_json(item));
+                Ok(())
+            })
+            .expect("validated when read");
+            Json::Array(items)
+        }
+        Some(Val::Kvlist(bytes)) => {
+            let mut map = serde_json::Map::new();
+            for_each_kvlist_entry(bytes, |(key, value)| {
+                map.insert(key.to_string(), to_json(value));
+                Ok(())
+            })
+            .expect("validated when read");
+            Json::Object(map)
         }
     }
 }
 
-/// The JSON form of a value, used inside arrays, key-value lists, events and links.
-pub(crate) fn to_json(value: Option<&Value>) -> Json {
+fn double_json(d: f64) -> Json {
+    serde_json::Number::from_f64(d)
+        .map(Json::Number)
+        .unwrap_or_else(|| Json::String(d.to_string()))
+}
+
+/// An integer read from an int, a double or a decimal string (some SDKs send token counts as
+/// strings); `None` for anything else.
+pub(crate) fn as_i64(value: Option<Val<'_>>) -> Option<i64> {
+    match value? {
+        Val::Int(i) => Some(i),
+        Val::Double(d) if d.is_finite() => Some(d as i64),
+        Val::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The JSON form of a decoded value (events' and links' attributes): the same as `to_json`.
+fn decoded_to_json(value: Option<&Value>) -> Json {
     match value {
         None => Json::Null,
         Some(Value::StringValue(s)) => Json::String(s.clone()),
         Some(Value::BoolValue(b)) => Json::Bool(*b),
         Some(Value::IntValue(i)) => Json::from(*i),
         Some(Value::StringValueStrindex(i)) => Json::from(*i),
-        Some(Value::DoubleValue(d)) => serde_json::Number::from_f64(*d)
-            .map(Json::Number)
-            .unwrap_or_else(|| Json::String(d.to_string())),
+        Some(Value::DoubleValue(d)) => double_json(*d),
         Some(Value::BytesValue(b)) => {
             Json::String(base64::engine::general_purpose::STANDARD.encode(b))
         }
-        Some(Value::ArrayValue(a)) => {
-            Json::Array(a.values.iter().map(|v| to_json(v.value.as_ref())).collect())
-        }
+        Some(Value::ArrayValue(a)) => Json::Array(
+            a.values
+                .iter()
+                .map(|v| decoded_to_json(v.value.as_ref()))
+                .collect(),
+        ),
         Some(Value::KvlistValue(kv)) => attributes_to_json(&kv.values),
     }
 }
 
-/// A list of key-values as a JSON object.
+/// A list of decoded key-values as a JSON object.
 pub(crate) fn attributes_to_json(attributes: &[KeyValue]) -> Json {
     Json::Object(
         attributes
@@ -62,36 +112,34 @@ pub(crate) fn attributes_to_json(attributes: &[KeyValue]) -> Json {
             .map(|kv| {
                 (
                     kv.key.clone(),
-                    to_json(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+                    decoded_to_json(kv.value.as_ref().and_then(|v| v.value.as_ref())),
                 )
             })
             .collect(),
     )
 }
 
-/// An integer read from an int, a double or a decimal string (some SDKs send token counts as
-/// strings); `None` for anything else.
-pub(crate) fn as_i64(value: Option<&AnyValue>) -> Option<i64> {
-    match value?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        Value::DoubleValue(d) if d.is_finite() => Some(*d as i64),
-        Value::StringValue(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValueList};
+    use prost::Message as _;
 
     fn any(v: Value) -> AnyValue {
         AnyValue { value: Some(v) }
     }
 
+    /// The string form of `v` as the normaliser sees it: encoded, then read back in place.
     fn string_of(v: Value) -> String {
+        let kv = KeyValue {
+            key: "k".into(),
+            value: Some(any(v)),
+            ..Default::default()
+        };
+        let wire = kv.encode_to_vec();
+        let (_, value) = crate::wire::key_value(&wire).unwrap();
         let mut s = String::new();
-        write_string(Some(&any(v)), &mut s);
+        write_string(value, &mut s);
         s
     }
 
@@ -119,25 +167,29 @@ mod tests {
                         values: vec![
                             any(Value::StringValue("a".into())),
                             any(Value::BoolValue(false)),
+                            AnyValue { value: None },
                         ],
                     }))),
                     ..Default::default()
                 },
             ],
         });
-        let s = string_of(nested);
+        let s = string_of(nested.clone());
         let parsed: Json = serde_json::from_str(&s).unwrap();
-        assert_eq!(parsed, serde_json::json!({"n": 7, "list": ["a", false]}));
+        assert_eq!(
+            parsed,
+            serde_json::json!({"n": 7, "list": ["a", false, null]})
+        );
+        // Events and links, decoded, give the same JSON.
+        assert_eq!(decoded_to_json(Some(&nested)), parsed);
     }
 
     #[test]
     fn integers_are_read_from_strings_and_doubles() {
-        assert_eq!(
-            as_i64(Some(&any(Value::StringValue(" 12 ".into())))),
-            Some(12)
-        );
-        assert_eq!(as_i64(Some(&any(Value::DoubleValue(3.0)))), Some(3));
-        assert_eq!(as_i64(Some(&any(Value::BoolValue(true)))), None);
+        assert_eq!(as_i64(Some(Val::Str(" 12 "))), Some(12));
+        assert_eq!(as_i64(Some(Val::Double(3.0))), Some(3));
+        assert_eq!(as_i64(Some(Val::Double(f64::NAN))), None);
+        assert_eq!(as_i64(Some(Val::Bool(true))), None);
         assert_eq!(as_i64(None), None);
     }
 }

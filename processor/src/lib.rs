@@ -1,7 +1,7 @@
 //! The processor: turns OTLP spans into rows of the span table.
 //!
 //! ```text
-//!  ExportTraceServiceRequest
+//!  ExportTraceServiceRequest, read in place from its protobuf bytes (`wire`)
 //!      |  validate each span (ids, timestamps): the bad ones are rejected one by one
 //!      v
 //!  normalise: attributes -> typed columns by the conventions of `runledger_schemas`
@@ -27,11 +27,13 @@ pub mod pricing;
 pub mod redact;
 #[cfg(test)]
 mod test_support;
+mod wire;
 
 pub use config::ProcessorConfig;
 pub use normalize::{span_count, NormalizedBatch, Normalizer};
 pub use pricing::{Pricer, PricingConfig};
 pub use redact::{RedactionConfig, Redactor};
+pub use wire::WireError;
 
 /// The entry and field names of the span table's maps, as Delta Lake lays maps out
 /// (`key_value` entries of `key` and `value`), for Arrow's map builders.

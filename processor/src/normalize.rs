@@ -14,12 +14,14 @@ use arrow::array::{
 };
 use globset::{GlobSet, GlobSetBuilder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+use opentelemetry_proto::tonic::common::v1::AnyValue;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use prost::Message as _;
 use runledger_schemas::{conventions as conv, span_table_schema};
 use rustc_hash::FxHashMap;
 
 use crate::anyvalue::{as_i64, attributes_to_json, write_string};
+use crate::wire::{self, ResourceSpansView, ScopeSpansView, SpanView, Val, WireError};
 use crate::ProcessorConfig;
 
 /// The typed columns that attributes fill.
@@ -54,7 +56,7 @@ const SLOT_COUNT: usize = Slot::ServiceName as usize + 1;
 
 /// The slots one span (or one resource) fills: for each, the rank of the key that filled it
 /// and its value.
-type Slots<'a> = [Option<(u8, &'a AnyValue)>; SLOT_COUNT];
+type Slots<'a> = [Option<(u8, Val<'a>)>; SLOT_COUNT];
 
 /// The result of normalising one export request.
 #[derive(Debug)]
@@ -133,13 +135,27 @@ impl Normalizer {
         })
     }
 
-    /// Normalises every valid span of `request`; invalid spans are counted and described.
+    /// Normalises every valid span of a decoded request; invalid spans are counted and
+    /// described. (The collector reads requests in place with `normalize_wire`; this form
+    /// serves OTLP/JSON, which arrives decoded, and tests.)
     pub fn normalize(
         &self,
         request: &ExportTraceServiceRequest,
         received_at: SystemTime,
     ) -> NormalizedBatch {
-        let mut columns = Columns::with_capacity(span_count(request));
+        self.normalize_wire(&request.encode_to_vec(), received_at)
+            .expect("an encoded request is valid protobuf")
+    }
+
+    /// Normalises every valid span of an `ExportTraceServiceRequest` in its protobuf wire
+    /// form, read in place; invalid spans are counted and described. Fails, storing nothing,
+    /// when the bytes are not a valid request.
+    pub fn normalize_wire(
+        &self,
+        request: &[u8],
+        received_at: SystemTime,
+    ) -> Result<NormalizedBatch, WireError> {
+        let mut columns = Columns::with_capacity(wire::count_spans(request)?);
         let received_at_us = received_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -148,35 +164,32 @@ impl Normalizer {
         let mut rejected_spans = 0usize;
         let mut accepted_spans = 0usize;
         let mut scratch = Scratch::default();
+        let mut span = SpanView::default();
 
-        for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
-            let resource_attributes: &[KeyValue] = resource_spans
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or(&[]);
+        for (ri, resource_spans) in wire::resource_spans(request)?.into_iter().enumerate() {
+            let resource = ResourceSpansView::read(resource_spans)?;
             let mut resource_slots: Slots = [None; SLOT_COUNT];
-            let mut resource_map = Vec::with_capacity(resource_attributes.len());
-            for kv in resource_attributes {
-                self.fill_slot(&mut resource_slots, kv);
-                let mut value = String::new();
-                write_string(kv.value.as_ref(), &mut value);
-                resource_map.push((kv.key.as_str(), value));
+            let mut resource_map = Vec::with_capacity(resource.attributes.len());
+            for &(key, value) in &resource.attributes {
+                self.fill_slot(&mut resource_slots, key, value);
+                let mut text = String::new();
+                write_string(value, &mut text);
+                resource_map.push((key, text));
             }
-            for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
-                let scope = scope_spans.scope.as_ref();
+            for (si, scope_spans) in resource.scope_spans.iter().enumerate() {
+                let scope = ScopeSpansView::read(scope_spans)?;
                 let scope_map: Vec<(&str, String)> = scope
-                    .map(|s| s.attributes.as_slice())
-                    .unwrap_or_default()
+                    .attributes
                     .iter()
-                    .map(|kv| {
-                        let mut value = String::new();
-                        write_string(kv.value.as_ref(), &mut value);
-                        (kv.key.as_str(), value)
+                    .map(|&(key, value)| {
+                        let mut text = String::new();
+                        write_string(value, &mut text);
+                        (key, text)
                     })
                     .collect();
-                for (pi, span) in scope_spans.spans.iter().enumerate() {
-                    if let Err(reason) = validate(span) {
+                for (pi, encoded) in scope.spans.iter().enumerate() {
+                    span.read(encoded)?;
+                    if let Err(reason) = validate(&span) {
                         rejected_spans += 1;
                         if rejected.len() < MAX_LISTED_REJECTIONS {
                             rejected.push(format!(
@@ -189,10 +202,10 @@ impl Normalizer {
                     columns.resource_attributes_from(&resource_map);
                     columns.scope_attributes_from(&scope_map);
                     columns.scope(
-                        scope.map(|s| s.name.as_str()),
-                        scope.map(|s| s.version.as_str()),
+                        scope.has_scope.then_some(scope.name),
+                        scope.has_scope.then_some(scope.version),
                     );
-                    self.append_span(&mut columns, &mut scratch, span, &resource_slots);
+                    self.append_span(&mut columns, &mut scratch, &span, &resource_slots);
                     columns.received_at.append_value(received_at_us);
                 }
             }
@@ -205,22 +218,19 @@ impl Normalizer {
                 rejected_spans - rejected.len()
             ));
         }
-        NormalizedBatch {
+        Ok(NormalizedBatch {
             batch: (accepted_spans > 0).then(|| columns.finish()),
             accepted_spans,
             rejected_spans,
             error_message,
-        }
+        })
     }
 
-    fn fill_slot<'a>(&self, slots: &mut Slots<'a>, kv: &'a KeyValue) {
-        let Some(value) = kv.value.as_ref() else {
+    fn fill_slot<'a>(&self, slots: &mut Slots<'a>, key: &str, value: Option<Val<'a>>) {
+        let Some(value) = value else {
             return;
         };
-        if value.value.is_none() {
-            return;
-        }
-        for &(slot, rank) in self.keys.get(kv.key.as_str()).into_iter().flatten() {
+        for &(slot, rank) in self.keys.get(key).into_iter().flatten() {
             let entry = &mut slots[slot as usize];
             if entry.is_none_or(|(r, _)| rank < r) {
                 *entry = Some((rank, value));
@@ -228,23 +238,29 @@ impl Normalizer {
         }
     }
 
-    fn append_span(&self, c: &mut Columns, scratch: &mut Scratch, span: &Span, resource: &Slots) {
+    fn append_span<'a>(
+        &self,
+        c: &mut Columns,
+        scratch: &mut Scratch,
+        span: &SpanView<'a>,
+        resource: &Slots<'a>,
+    ) {
         let mut slots: Slots = [None; SLOT_COUNT];
-        for kv in &span.attributes {
-            self.fill_slot(&mut slots, kv);
-            c.attributes.keys().append_value(&kv.key);
-            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(Value::StringValue(text)) => c.attributes.values().append_value(text),
+        for &(key, value) in &span.attributes {
+            self.fill_slot(&mut slots, key, value);
+            c.attributes.keys().append_value(key);
+            match value {
+                Some(Val::Str(text)) => c.attributes.values().append_value(text),
                 _ => {
                     scratch.value.clear();
-                    write_string(kv.value.as_ref(), &mut scratch.value);
+                    write_string(value, &mut scratch.value);
                     c.attributes.values().append_value(&scratch.value);
                 }
             }
         }
         c.attributes.append(true).expect("map entries are balanced");
 
-        let get = |slot: Slot| -> Option<&AnyValue> {
+        let get = |slot: Slot| -> Option<Val<'a>> {
             slots[slot as usize]
                 .or(resource[slot as usize])
                 .map(|(_, v)| v)
@@ -252,7 +268,7 @@ impl Normalizer {
 
         // Ids are validated to 16 and 8 bytes: hex them on the stack.
         let mut trace_hex = [0u8; 32];
-        let trace_id = hex_str(&span.trace_id, &mut trace_hex);
+        let trace_id = hex_str(span.trace_id, &mut trace_hex);
         let is_root = span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|b| *b == 0);
         match get(Slot::RunId) {
             Some(v) => append_any_str(&mut c.run_id, Some(v), &mut scratch.value),
@@ -260,14 +276,13 @@ impl Normalizer {
         }
         c.trace_id.append_value(trace_id);
         let mut span_hex = [0u8; 16];
-        c.span_id
-            .append_value(hex_str(&span.span_id, &mut span_hex));
+        c.span_id.append_value(hex_str(span.span_id, &mut span_hex));
         if is_root {
             c.parent_span_id.append_null();
         } else {
             let mut parent_hex = [0u8; 16];
             c.parent_span_id
-                .append_value(hex_str(&span.parent_span_id, &mut parent_hex));
+                .append_value(hex_str(span.parent_span_id, &mut parent_hex));
         }
         let start_us = (span.start_time_unix_nano / 1_000) as i64;
         c.start_time.append_value(start_us);
@@ -275,13 +290,9 @@ impl Normalizer {
             .append_value((span.end_time_unix_nano / 1_000) as i64);
         c.duration_ns
             .append_value((span.end_time_unix_nano - span.start_time_unix_nano) as i64);
-        c.name.append_value(&span.name);
+        c.name.append_value(span.name);
         c.kind.append_value(kind_name(span.kind));
-        let status_code = span
-            .status
-            .as_ref()
-            .map(|s| s.code)
-            .unwrap_or(StatusCode::Unset as i32);
+        let status_code = span.status_code;
         let is_error = status_code == StatusCode::Error as i32;
         c.status_code
             .append_value(match StatusCode::try_from(status_code) {
@@ -289,13 +300,13 @@ impl Normalizer {
                 Ok(StatusCode::Error) => "error",
                 _ => "unset",
             });
-        match span.status.as_ref().map(|s| s.message.as_str()) {
-            Some(m) if !m.is_empty() => c.status_message.append_value(m),
-            _ => c.status_message.append_null(),
+        match span.status_message {
+            "" => c.status_message.append_null(),
+            m => c.status_message.append_value(m),
         }
-        let marked_incorrect = match get(Slot::ActionCorrect).and_then(|v| v.value.as_ref()) {
-            Some(Value::BoolValue(correct)) => !correct,
-            Some(Value::StringValue(s)) => s.eq_ignore_ascii_case("false"),
+        let marked_incorrect = match get(Slot::ActionCorrect) {
+            Some(Val::Bool(correct)) => !correct,
+            Some(Val::Str(s)) => s.eq_ignore_ascii_case("false"),
             _ => false,
         };
         match get(Slot::ErrorType) {
@@ -309,7 +320,7 @@ impl Normalizer {
                     .flat_map(|e| &e.attributes)
                     .find(|kv| kv.key == "exception.type")
                     .and_then(|kv| kv.value.as_ref());
-                append_any_str(&mut c.error_type, from_event, &mut scratch.value)
+                append_decoded_str(&mut c.error_type, from_event, &mut scratch.value)
             }
         }
         let service_name = resource[Slot::ServiceName as usize].map(|(_, v)| v);
@@ -322,7 +333,7 @@ impl Normalizer {
         append_any_str(&mut c.agent_id, get(Slot::AgentId), &mut scratch.value);
         match get(Slot::Workflow) {
             Some(v) => append_any_str(&mut c.workflow, Some(v), &mut scratch.value),
-            None if is_root => c.workflow.append_value(&span.name),
+            None if is_root => c.workflow.append_value(span.name),
             None => c.workflow.append_null(),
         }
         append_any_str(
@@ -463,7 +474,7 @@ fn hex_str<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     std::str::from_utf8(out).expect("hex is ASCII")
 }
 
-/// How many spans a request carries, valid or not.
+/// How many spans a decoded request carries, valid or not.
 pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
     request
         .resource_spans
@@ -474,7 +485,7 @@ pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
 }
 
 /// Why a span cannot be stored, or `Ok`.
-fn validate(span: &Span) -> Result<(), String> {
+fn validate(span: &SpanView) -> Result<(), String> {
     if span.trace_id.len() != 16 {
         return Err(format!(
             "trace_id must be 16 bytes, got {}",
@@ -542,9 +553,9 @@ fn normalize_operation(raw: &str) -> String {
     .to_string()
 }
 
-fn append_any_str(builder: &mut StringBuilder, value: Option<&AnyValue>, scratch: &mut String) {
-    match value.and_then(|v| v.value.as_ref()) {
-        Some(Value::StringValue(s)) => builder.append_value(s),
+fn append_any_str(builder: &mut StringBuilder, value: Option<Val<'_>>, scratch: &mut String) {
+    match value {
+        Some(Val::Str(s)) => builder.append_value(s),
         Some(_) => {
             scratch.clear();
             write_string(value, scratch);
@@ -552,6 +563,13 @@ fn append_any_str(builder: &mut StringBuilder, value: Option<&AnyValue>, scratch
         }
         None => builder.append_null(),
     }
+}
+
+/// `append_any_str` for a value of a decoded event (rare: only an exception's type).
+fn append_decoded_str(builder: &mut StringBuilder, value: Option<&AnyValue>, scratch: &mut String) {
+    let encoded = value.map(|v| v.encode_to_vec()).unwrap_or_default();
+    let value = wire::any_value(&encoded).expect("an encoded value is valid protobuf");
+    append_any_str(builder, value, scratch)
 }
 
 #[derive(Default)]

@@ -19,7 +19,7 @@ use runledger_processor::{Pricer, Redactor};
 use runledger_schemas::{span_table_schema, Tier};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::ingest::decode_batches;
+use crate::ingest::{decode_batches, Trust};
 use crate::metrics::CollectorMetrics;
 use crate::wal::{read_segment, SealedSegment};
 use runledger_lake::failpoint;
@@ -85,13 +85,18 @@ impl Flusher {
 
     async fn flush(&mut self, segment: &SealedSegment) -> Result<(), String> {
         let schema = span_table_schema();
-        let records = match &segment.records {
-            Some(records) => records.clone(),
-            None => read_segment(&segment.path).map_err(|e| e.to_string())?.0,
+        // Records that this process encoded are taken as they are; records read back from
+        // disk after a restart are validated (UTF-8, offsets) as they are decoded.
+        let (records, trusted) = match &segment.records {
+            Some(records) => (records.clone(), Trust::EncodedHere),
+            None => (
+                read_segment(&segment.path).map_err(|e| e.to_string())?.0,
+                Trust::ReadFromDisk,
+            ),
         };
         let mut aligned = Vec::with_capacity(records.len());
         for record in records {
-            let batches = decode_batches(record).map_err(|e| {
+            let batches = decode_batches(record, trusted).map_err(|e| {
                 format!(
                     "segment {}: undecodable record: {e}",
                     segment.path.display()

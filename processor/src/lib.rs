@@ -16,8 +16,8 @@
 //! ```
 //!
 //! Normalisation is deterministic and cheap, so the collector runs it before the write-ahead
-//! log: what is logged is already a batch of the table's rows, and the flush to the lake is a
-//! sort and a Parquet encode, not a second decode of OTLP.
+//! log: what is logged is already a batch of the table's rows, and the flush to the lake is
+//! pricing, redaction and a Parquet encode, not a second decode of OTLP.
 #![deny(missing_docs)]
 
 mod anyvalue;

@@ -822,11 +822,12 @@ fn what_lies_between_a_secret_word_and_its_secret_is_scanned_too() {
     for text in [
         "please tokens =378-78-6205> \\\"gh6Yq2LmZ8rT4wXv9kPb3nQs\\\" customer",
         "my token 4111 1111 1111 1111 9fA3kLm2Qx7Wz1Rt5Yu8",
-        "Bearer x@example.org abcdefgh12345678",
+        "the api key for jo@example.io is 9fA3kLm2Qx7Wz1Rt5Yu8",
     ] {
         let out = redact(&r, text);
         for sensitive in [
             "378-78-6205",
+            "jo@example.io",
             "4111 1111 1111 1111",
             "gh6Yq2LmZ8rT4wXv9kPb3nQs",
             "9fA3kLm2Qx7Wz1Rt5Yu8",

@@ -30,7 +30,7 @@ mod test_support;
 mod wire;
 
 pub use config::ProcessorConfig;
-pub use normalize::{span_count, NormalizedBatch, Normalizer};
+pub use normalize::{NormalizedBatch, Normalizer};
 pub use pricing::{Pricer, PricingConfig};
 pub use redact::{RedactionConfig, Redactor};
 pub use wire::WireError;

@@ -155,7 +155,24 @@ impl Normalizer {
         request: &[u8],
         received_at: SystemTime,
     ) -> Result<NormalizedBatch, WireError> {
-        let mut columns = Columns::with_capacity(wire::count_spans(request)?);
+        // The resources and scopes are read first (their spans stay encoded), which counts
+        // the spans for the builders' capacity.
+        let mut resources = Vec::new();
+        for encoded in wire::resource_spans(request)? {
+            let resource = ResourceSpansView::read(encoded)?;
+            let scopes = resource
+                .scope_spans
+                .iter()
+                .map(|encoded| ScopeSpansView::read(encoded))
+                .collect::<Result<Vec<_>, _>>()?;
+            resources.push((resource.attributes, scopes));
+        }
+        let span_count = resources
+            .iter()
+            .flat_map(|(_, scopes)| scopes)
+            .map(|scope| scope.spans.len())
+            .sum();
+        let mut columns = Columns::with_capacity(span_count);
         let received_at_us = received_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -166,18 +183,16 @@ impl Normalizer {
         let mut scratch = Scratch::default();
         let mut span = SpanView::default();
 
-        for (ri, resource_spans) in wire::resource_spans(request)?.into_iter().enumerate() {
-            let resource = ResourceSpansView::read(resource_spans)?;
+        for (ri, (resource_attributes, scopes)) in resources.iter().enumerate() {
             let mut resource_slots: Slots = [None; SLOT_COUNT];
-            let mut resource_map = Vec::with_capacity(resource.attributes.len());
-            for &(key, value) in &resource.attributes {
+            let mut resource_map = Vec::with_capacity(resource_attributes.len());
+            for &(key, value) in resource_attributes {
                 self.fill_slot(&mut resource_slots, key, value);
                 let mut text = String::new();
                 write_string(value, &mut text);
                 resource_map.push((key, text));
             }
-            for (si, scope_spans) in resource.scope_spans.iter().enumerate() {
-                let scope = ScopeSpansView::read(scope_spans)?;
+            for (si, scope) in scopes.iter().enumerate() {
                 let scope_map: Vec<(&str, String)> = scope
                     .attributes
                     .iter()
@@ -472,16 +487,6 @@ impl Normalizer {
 fn hex_str<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     hex::encode_to_slice(bytes, out).expect("ids are validated to their length");
     std::str::from_utf8(out).expect("hex is ASCII")
-}
-
-/// How many spans a decoded request carries, valid or not.
-pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
 }
 
 /// Why a span cannot be stored, or `Ok`.

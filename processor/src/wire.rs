@@ -308,23 +308,6 @@ pub(crate) fn resource_spans(request: &[u8]) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
-/// How many spans a request carries, valid or not, counted without reading them.
-pub(crate) fn count_spans(request: &[u8]) -> Result<usize> {
-    let mut count = 0;
-    for resource in resource_spans(request)? {
-        let mut fields = Fields::new(resource, "ResourceSpans");
-        while let Some((n, f)) = fields.next_field()? {
-            if n == 2 {
-                let mut scope_spans = Fields::new(fields.len(n, f)?, "ScopeSpans");
-                while let Some((n, _)) = scope_spans.next_field()? {
-                    count += usize::from(n == 2);
-                }
-            }
-        }
-    }
-    Ok(count)
-}
-
 /// A `ResourceSpans`: the resource's attributes and its encoded `ScopeSpans`.
 #[derive(Debug, Default)]
 pub(crate) struct ResourceSpansView<'a> {

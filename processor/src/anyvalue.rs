@@ -2,14 +2,12 @@
 //!
 //! Strings are stored as they are; ints, doubles and bools in their usual decimal / `true`
 //! form; bytes as base64; arrays and key-value lists as JSON, whose scalars keep their types.
-//! Values arrive borrowed from the request's wire format (`crate::wire`); events and links,
-//! decoded into the generated structs, use the `AnyValue` forms at the end.
+//! Values arrive borrowed from the request's wire format (`crate::wire`).
 
 use base64::Engine as _;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use serde_json::Value as Json;
 
-use crate::wire::{for_each_array_item, for_each_kvlist_entry, Val};
+use crate::wire::{for_each_array_item, for_each_kvlist_entry, Kv, Val};
 
 /// Appends the string form of `value` to `out`. An absent value is the empty string.
 pub(crate) fn write_string(value: Option<Val<'_>>, out: &mut String) {
@@ -42,7 +40,9 @@ pub(crate) fn to_json(value: Option<Val<'_>>) -> Json {
         Some(Val::Bool(b)) => Json::Bool(b),
         Some(Val::Int(i)) => Json::from(i),
         Some(Val::Strindex(i)) => Json::from(i),
-        Some(Val::Double(d)) => double_json(d),
+        Some(Val::Double(d)) => serde_json::Number::from_f64(d)
+            .map(Json::Number)
+            .unwrap_or_else(|| Json::String(d.to_string())),
         Some(Val::Bytes(b)) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
         Some(Val::Array(bytes)) => {
             let mut items = Vec::new();
@@ -65,12 +65,6 @@ pub(crate) fn to_json(value: Option<Val<'_>>) -> Json {
     }
 }
 
-fn double_json(d: f64) -> Json {
-    serde_json::Number::from_f64(d)
-        .map(Json::Number)
-        .unwrap_or_else(|| Json::String(d.to_string()))
-}
-
 /// An integer read from an int, a double or a decimal string (some SDKs send token counts as
 /// strings); `None` for anything else.
 pub(crate) fn as_i64(value: Option<Val<'_>>) -> Option<i64> {
@@ -82,39 +76,12 @@ pub(crate) fn as_i64(value: Option<Val<'_>>) -> Option<i64> {
     }
 }
 
-/// The JSON form of a decoded value (events' and links' attributes): the same as `to_json`.
-fn decoded_to_json(value: Option<&Value>) -> Json {
-    match value {
-        None => Json::Null,
-        Some(Value::StringValue(s)) => Json::String(s.clone()),
-        Some(Value::BoolValue(b)) => Json::Bool(*b),
-        Some(Value::IntValue(i)) => Json::from(*i),
-        Some(Value::StringValueStrindex(i)) => Json::from(*i),
-        Some(Value::DoubleValue(d)) => double_json(*d),
-        Some(Value::BytesValue(b)) => {
-            Json::String(base64::engine::general_purpose::STANDARD.encode(b))
-        }
-        Some(Value::ArrayValue(a)) => Json::Array(
-            a.values
-                .iter()
-                .map(|v| decoded_to_json(v.value.as_ref()))
-                .collect(),
-        ),
-        Some(Value::KvlistValue(kv)) => attributes_to_json(&kv.values),
-    }
-}
-
-/// A list of decoded key-values as a JSON object.
-pub(crate) fn attributes_to_json(attributes: &[KeyValue]) -> Json {
+/// A list of key-values as a JSON object (events' and links' attributes).
+pub(crate) fn attributes_to_json(attributes: &[Kv<'_>]) -> Json {
     Json::Object(
         attributes
             .iter()
-            .map(|kv| {
-                (
-                    kv.key.clone(),
-                    decoded_to_json(kv.value.as_ref().and_then(|v| v.value.as_ref())),
-                )
-            })
+            .map(|&(key, value)| (key.to_string(), to_json(value)))
             .collect(),
     )
 }
@@ -122,7 +89,9 @@ pub(crate) fn attributes_to_json(attributes: &[KeyValue]) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value::Value, AnyValue, ArrayValue, KeyValue, KeyValueList,
+    };
     use prost::Message as _;
 
     fn any(v: Value) -> AnyValue {
@@ -174,14 +143,12 @@ mod tests {
                 },
             ],
         });
-        let s = string_of(nested.clone());
+        let s = string_of(nested);
         let parsed: Json = serde_json::from_str(&s).unwrap();
         assert_eq!(
             parsed,
             serde_json::json!({"n": 7, "list": ["a", false, null]})
         );
-        // Events and links, decoded, give the same JSON.
-        assert_eq!(decoded_to_json(Some(&nested)), parsed);
     }
 
     #[test]

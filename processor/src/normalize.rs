@@ -14,7 +14,6 @@ use arrow::array::{
 };
 use globset::{GlobSet, GlobSetBuilder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prost::Message as _;
 use runledger_schemas::{conventions as conv, span_table_schema};
@@ -333,9 +332,9 @@ impl Normalizer {
                     .iter()
                     .filter(|e| e.name == "exception")
                     .flat_map(|e| &e.attributes)
-                    .find(|kv| kv.key == "exception.type")
-                    .and_then(|kv| kv.value.as_ref());
-                append_decoded_str(&mut c.error_type, from_event, &mut scratch.value)
+                    .find(|(key, _)| *key == "exception.type")
+                    .and_then(|&(_, value)| value);
+                append_any_str(&mut c.error_type, from_event, &mut scratch.value)
             }
         }
         let service_name = resource[Slot::ServiceName as usize].map(|(_, v)| v);
@@ -469,8 +468,8 @@ impl Normalizer {
                 .iter()
                 .map(|l| {
                     serde_json::json!({
-                        "trace_id": hex::encode(&l.trace_id),
-                        "span_id": hex::encode(&l.span_id),
+                        "trace_id": hex::encode(l.trace_id),
+                        "span_id": hex::encode(l.span_id),
                         "trace_state": l.trace_state,
                         "attributes": attributes_to_json(&l.attributes),
                     })
@@ -568,13 +567,6 @@ fn append_any_str(builder: &mut StringBuilder, value: Option<Val<'_>>, scratch: 
         }
         None => builder.append_null(),
     }
-}
-
-/// `append_any_str` for a value of a decoded event (rare: only an exception's type).
-fn append_decoded_str(builder: &mut StringBuilder, value: Option<&AnyValue>, scratch: &mut String) {
-    let encoded = value.map(|v| v.encode_to_vec()).unwrap_or_default();
-    let value = wire::any_value(&encoded).expect("an encoded value is valid protobuf");
-    append_any_str(builder, value, scratch)
 }
 
 #[derive(Default)]

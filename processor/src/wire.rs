@@ -8,14 +8,12 @@
 //!
 //! It is as strict as the generated decoder on what the span table stores: a truncated
 //! message, a known field with the wrong wire type or a string that is not UTF-8 makes the
-//! whole request malformed. Unknown fields are skipped, as protobuf requires. Events and
-//! links, rare and stored as JSON, are decoded with the generated structs.
+//! whole request malformed. Unknown fields are skipped, as protobuf requires.
 //!
 //! Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto` and `resource/v1/resource.proto`.
 
 use opentelemetry_proto::tonic::common::v1::EntityRef;
-use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message as _;
 
 /// Why a request is not valid protobuf of the OTLP trace schema.
@@ -407,8 +405,8 @@ pub(crate) struct SpanView<'a> {
     pub status_code: i32,
     pub status_message: &'a str,
     pub attributes: Vec<Kv<'a>>,
-    pub events: Vec<Event>,
-    pub links: Vec<Link>,
+    pub events: Vec<EventView<'a>>,
+    pub links: Vec<LinkView<'a>>,
 }
 
 impl<'a> SpanView<'a> {
@@ -442,14 +440,8 @@ impl<'a> SpanView<'a> {
                 10 | 12 | 14 => {
                     fields.uint(n, f)?;
                 }
-                11 => self.events.push(
-                    Event::decode(fields.len(n, f)?)
-                        .map_err(|e| WireError::new(format!("Span.events: {e}")))?,
-                ),
-                13 => self.links.push(
-                    Link::decode(fields.len(n, f)?)
-                        .map_err(|e| WireError::new(format!("Span.links: {e}")))?,
-                ),
+                11 => self.events.push(EventView::read(fields.len(n, f)?)?),
+                13 => self.links.push(LinkView::read(fields.len(n, f)?)?),
                 15 => {
                     let mut status = Fields::new(fields.len(n, f)?, "Status");
                     while let Some((n, f)) = status.next_field()? {
@@ -467,6 +459,65 @@ impl<'a> SpanView<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// A span's `Event`, borrowed.
+#[derive(Debug, Default)]
+pub(crate) struct EventView<'a> {
+    pub time_unix_nano: u64,
+    pub name: &'a str,
+    pub attributes: Vec<Kv<'a>>,
+}
+
+impl<'a> EventView<'a> {
+    fn read(buf: &'a [u8]) -> Result<Self> {
+        let mut view = Self::default();
+        let mut fields = Fields::new(buf, "Span.Event");
+        while let Some((n, f)) = fields.next_field()? {
+            match n {
+                1 => view.time_unix_nano = fields.fixed64(n, f)?,
+                2 => view.name = fields.string(n, f)?,
+                3 => view.attributes.push(key_value(fields.len(n, f)?)?),
+                4 => {
+                    fields.uint(n, f)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// A span's `Link`, borrowed.
+#[derive(Debug, Default)]
+pub(crate) struct LinkView<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub trace_state: &'a str,
+    pub attributes: Vec<Kv<'a>>,
+}
+
+impl<'a> LinkView<'a> {
+    fn read(buf: &'a [u8]) -> Result<Self> {
+        let mut view = Self::default();
+        let mut fields = Fields::new(buf, "Span.Link");
+        while let Some((n, f)) = fields.next_field()? {
+            match n {
+                1 => view.trace_id = fields.len(n, f)?,
+                2 => view.span_id = fields.len(n, f)?,
+                3 => view.trace_state = fields.string(n, f)?,
+                4 => view.attributes.push(key_value(fields.len(n, f)?)?),
+                5 => {
+                    fields.uint(n, f)?;
+                }
+                6 => {
+                    fields.fixed32(n, f)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(view)
     }
 }
 

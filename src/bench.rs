@@ -98,6 +98,14 @@ enum Which {
     },
 }
 
+impl BenchArgs {
+    /// Whether this benchmark runs the API's queries in its own process (and so should run
+    /// under the server's memory settings); `ingest` starts a real server instead.
+    pub(crate) fn runs_api_queries_in_process(&self) -> bool {
+        !matches!(self.which, Which::Ingest { .. })
+    }
+}
+
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Which::Ingest {

@@ -3,7 +3,7 @@
 //! same keys, in one run.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use runledger_query::{ApiConfig, GatesConfig, Lake, Role};
 
 use super::api::{one_token, BenchApi};
 use super::lake::build;
-use super::query::{live_files, python};
+use super::query::{duckdb_python, live_files};
 
 fn percentile(times: &mut [f64], p: f64) -> f64 {
     times.sort_by(f64::total_cmp);
@@ -145,7 +145,7 @@ pub(crate) async fn run(
         &keys,
         serde_json::to_vec(&serde_json::json!({"run_ids": &run_ids[..n], "refs": &refs[..n]}))?,
     )?;
-    let output = Command::new(python()?)
+    let output = duckdb_python()?
         .arg("scripts/duckdb_lookup.py")
         .arg(&list)
         .arg(&keys)

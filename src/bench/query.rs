@@ -2,8 +2,9 @@
 //! (DataFusion through delta-rs) against DuckDB running the same SQL over the same Parquet
 //! files, in one run.
 
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -42,45 +43,104 @@ pub(crate) async fn live_files(data_dir: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-pub(crate) struct DuckDbRun {
-    pub times_ms: Vec<f64>,
-    pub rows: Vec<Vec<String>>,
-    pub threads: String,
+/// A command that runs the Python with DuckDB, under the machine's default memory
+/// settings: the benchmarks run with the server's (see `tune_memory_for_serving`), and the
+/// huge-page flag among them would otherwise pass to DuckDB.
+pub(crate) fn duckdb_python() -> anyhow::Result<Command> {
+    let mut command = Command::new(python()?);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // prctl, which is async-signal-safe and takes no pointers.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok(command)
 }
 
-/// Runs `sql` in DuckDB over the table's live files, `repeats` times.
-pub(crate) async fn duckdb(
-    data_dir: &Path,
-    sql: &str,
-    repeats: usize,
-) -> anyhow::Result<DuckDbRun> {
-    let files = live_files(data_dir).await?;
-    let scratch = tempfile::tempdir()?;
-    let list = scratch.path().join("files.txt");
-    let sql_file = scratch.path().join("query.sql");
-    std::fs::write(&list, files.join("\n"))?;
-    std::fs::write(&sql_file, sql)?;
-    let output = Command::new(python()?)
-        .arg("scripts/duckdb_query.py")
-        .arg(&list)
-        .arg(&sql_file)
-        .arg(repeats.to_string())
-        .output()
-        .context("running DuckDB")?;
-    if !output.status.success() {
-        bail!("DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
+/// DuckDB with the query prepared over the table's live files, in a process of its own
+/// (`scripts/duckdb_query.py`), which runs the query each time it is asked: the benchmark
+/// alternates the engines run by run, so that a slow spell of the machine falls on both.
+pub(crate) struct DuckDb {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// DuckDB's thread count.
+    pub threads: String,
+    _scratch: tempfile::TempDir,
+}
+
+/// One run of the query in DuckDB.
+pub(crate) struct DuckDbRun {
+    pub time_ms: f64,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl DuckDb {
+    /// Starts DuckDB over the live files of `data_dir`'s redacted table, ready to run `sql`.
+    pub(crate) async fn start(data_dir: &Path, sql: &str) -> anyhow::Result<Self> {
+        let files = live_files(data_dir).await?;
+        let scratch = tempfile::tempdir()?;
+        let list = scratch.path().join("files.txt");
+        let sql_file = scratch.path().join("query.sql");
+        std::fs::write(&list, files.join("\n"))?;
+        std::fs::write(&sql_file, sql)?;
+        let mut child = duckdb_python()?
+            .arg("scripts/duckdb_query.py")
+            .arg(&list)
+            .arg(&sql_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting DuckDB")?;
+        let stdin = child.stdin.take().context("DuckDB's stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("DuckDB's stdout")?);
+        let mut duck = Self {
+            child,
+            stdin,
+            stdout,
+            threads: String::new(),
+            _scratch: scratch,
+        };
+        let ready = duck.read_reply()?;
+        duck.threads = ready["threads"].to_string();
+        Ok(duck)
     }
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok(DuckDbRun {
-        times_ms: v["times_ms"]
-            .as_array()
-            .context("times")?
-            .iter()
-            .filter_map(|t| t.as_f64())
-            .collect(),
-        rows: serde_json::from_value(v["rows"].clone())?,
-        threads: v["threads"].to_string(),
-    })
+
+    /// Runs the query once.
+    pub(crate) fn run(&mut self) -> anyhow::Result<DuckDbRun> {
+        writeln!(self.stdin, "run")?;
+        self.stdin.flush()?;
+        let reply = self.read_reply()?;
+        Ok(DuckDbRun {
+            time_ms: reply["time_ms"].as_f64().context("DuckDB's time")?,
+            rows: serde_json::from_value(reply["rows"].clone())?,
+        })
+    }
+
+    fn read_reply(&mut self) -> anyhow::Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let status = self.child.wait()?;
+            bail!("DuckDB exited ({status}); its error is above");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        // Its stdin closes with `self`; the script ends at the end of its input.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub(crate) fn median(times: &mut [f64]) -> f64 {
@@ -164,19 +224,28 @@ pub(crate) async fn run(
 
     // Under the same per-query memory cap as the API's (api.query_memory_mib) by default.
     let lake = Lake::new(&data_dir, Duration::from_secs(3600)).with_memory_limit(memory_mib << 20);
-    let mut times = Vec::new();
-    let (mut rows, mut our_runs) = (0, 0);
+    let mut duck = DuckDb::start(&data_dir, &sql).await?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut rows, mut our_runs, mut their_runs) = (0, 0, 0);
+    // The engines take turns, run by run. The first run of each opens the table and warms
+    // the OS cache, for both alike, and is not timed.
     for i in 0..=repeats {
         let started = Instant::now();
         let ctx = session(&lake, &settings).await?;
         let batches = ctx.sql(&sql).await?.collect().await?;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        // The first run opens the table and warms the OS cache, for both engines alike.
-        if i > 0 {
-            times.push(elapsed);
-        }
         rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
         our_runs = second_column_sum(&batches)?;
+        let run = duck.run()?;
+        their_runs = run
+            .rows
+            .iter()
+            .filter_map(|r| r.get(1)?.parse::<u64>().ok())
+            .sum();
+        if i > 0 {
+            ours.push(elapsed);
+            theirs.push(run.time_ms);
+        }
     }
     if explain {
         let ctx = session(&lake, &settings).await?;
@@ -187,19 +256,11 @@ pub(crate) async fn run(
             .await?;
         println!("{}", arrow::util::pretty::pretty_format_batches(&plan)?);
     }
-    let ours_all = times.clone();
-    let ours = median(&mut times);
-    let mut duck = duckdb(&data_dir, &sql, repeats + 1).await?;
-    duck.times_ms.remove(0);
-    let duck_all = duck.times_ms.clone();
-    let theirs = median(&mut duck.times_ms);
+    let (ours_all, theirs_all) = (ours.clone(), theirs.clone());
+    let ours = median(&mut ours);
+    let theirs = median(&mut theirs);
 
     // Both engines must agree before their times mean anything.
-    let their_runs: u64 = duck
-        .rows
-        .iter()
-        .filter_map(|r| r.get(1)?.parse::<u64>().ok())
-        .sum();
     if our_runs != their_runs {
         bail!("the engines disagree: runledger counted {our_runs} runs, DuckDB {their_runs}");
     }
@@ -212,9 +273,9 @@ pub(crate) async fn run(
         duck.threads
     );
     println!(
-        "each run (ms): runledger {}; DuckDB {}",
+        "each run (ms), in turn: runledger {}; DuckDB {}",
         list_ms(&ours_all),
-        list_ms(&duck_all)
+        list_ms(&theirs_all)
     );
     println!(
         "ratio runledger / DuckDB: {:.2} (<= 1.0: runledger at most as slow)",

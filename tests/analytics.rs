@@ -219,3 +219,42 @@ async fn generated_traffic_is_priced_served_behind_the_admin_token_and_repriced(
         rows_before
     );
 }
+
+/// `runledger bench query` end to end on a small lake: both engines run the query in turns
+/// (DuckDB kept open, asked run by run) and must count the same runs.
+#[test]
+fn the_query_benchmark_runs_both_engines_in_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let python = common::python();
+    let out = ok(runledger(
+        &[
+            "bench",
+            "query",
+            "--spans",
+            "20000",
+            "--hours",
+            "2",
+            "--repeats",
+            "2",
+            "--data-dir",
+            lake.to_str().unwrap(),
+        ],
+        &[("RUNLEDGER_PYTHON", python.to_str().unwrap())],
+    ));
+    assert!(out.contains("(both engines agree)"), "{out}");
+    let turns = out
+        .lines()
+        .find_map(|l| l.strip_prefix("each run (ms), in turn: runledger "))
+        .unwrap_or_else(|| panic!("no line of runs: {out}"));
+    let (ours, theirs) = turns.split_once("; DuckDB ").unwrap();
+    let times = |list: &str| -> Vec<f64> {
+        list.split(", ")
+            .map(|t| t.trim().parse::<f64>().unwrap())
+            .collect()
+    };
+    assert_eq!(times(ours).len(), 2, "{out}");
+    assert_eq!(times(theirs).len(), 2, "{out}");
+    assert!(times(theirs).iter().all(|t| *t > 0.0), "{out}");
+    assert!(out.contains("ratio runledger / DuckDB: "), "{out}");
+}

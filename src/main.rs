@@ -37,8 +37,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// load). The footprint stays bounded by `ingest.memory_limit_bytes` and the query memory
 /// cap. Also applied to the benchmarks that run the API's queries in their own process
 /// (`bench query`, `lookup`, `overview`), so that they measure queries as the server runs
-/// them: there, 8 to 9 times fewer page faults per query and 12% less time on the 10M-span
-/// per-workflow query. Not applied to the other subcommands. The huge-page flag is
+/// them: 12% less time on the 10M-span per-workflow query (8 to 10 times fewer page faults
+/// on its key count alone). Not applied to the other subcommands. The huge-page flag is
 /// inherited by child processes; the benchmarks clear it in the DuckDB they start
 /// (`bench::query::duckdb_python`), which runs under the machine's defaults.
 fn tune_memory_for_serving() {

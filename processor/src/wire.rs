@@ -307,7 +307,7 @@ pub(crate) fn resource_spans(request: &[u8]) -> Result<Vec<&[u8]>> {
 }
 
 /// A `ResourceSpans`: the resource's attributes and its encoded `ScopeSpans`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ResourceSpansView<'a> {
     pub attributes: Vec<Kv<'a>>,
     pub scope_spans: Vec<&'a [u8]>,
@@ -315,37 +315,53 @@ pub(crate) struct ResourceSpansView<'a> {
 
 impl<'a> ResourceSpansView<'a> {
     pub(crate) fn read(buf: &'a [u8]) -> Result<Self> {
-        let mut view = Self::default();
-        let mut fields = Fields::new(buf, "ResourceSpans");
-        while let Some((n, f)) = fields.next_field()? {
-            match n {
-                1 => {
-                    // A message field repeated on the wire merges: its attributes add up.
-                    let mut resource = Fields::new(fields.len(n, f)?, "Resource");
-                    while let Some((n, f)) = resource.next_field()? {
-                        match n {
-                            1 => view.attributes.push(key_value(resource.len(n, f)?)?),
-                            2 => {
-                                resource.uint(n, f)?;
-                            }
-                            3 => {
-                                EntityRef::decode(resource.len(n, f)?).map_err(|e| {
-                                    WireError::new(format!("Resource.entity_refs: {e}"))
-                                })?;
-                            }
-                            _ => {}
-                        }
+        let mut attributes = Vec::new();
+        let scope_spans = read_container(buf, "ResourceSpans", |resource| {
+            // A message field repeated on the wire merges: its attributes add up.
+            let mut resource = Fields::new(resource, "Resource");
+            while let Some((n, f)) = resource.next_field()? {
+                match n {
+                    1 => attributes.push(key_value(resource.len(n, f)?)?),
+                    2 => {
+                        resource.uint(n, f)?;
                     }
+                    3 => {
+                        EntityRef::decode(resource.len(n, f)?)
+                            .map_err(|e| WireError::new(format!("Resource.entity_refs: {e}")))?;
+                    }
+                    _ => {}
                 }
-                2 => view.scope_spans.push(fields.len(n, f)?),
-                3 => {
-                    fields.string(n, f)?;
-                }
-                _ => {}
             }
-        }
-        Ok(view)
+            Ok(())
+        })?;
+        Ok(Self {
+            attributes,
+            scope_spans,
+        })
     }
+}
+
+/// The shape that `ResourceSpans` and `ScopeSpans` share: field 1, a message (the resource,
+/// the scope) handed to `first` each time it occurs; field 2, the repeated children, returned
+/// encoded; field 3, the schema URL, only checked to be UTF-8.
+fn read_container<'a>(
+    buf: &'a [u8],
+    message: &'static str,
+    mut first: impl FnMut(&'a [u8]) -> Result<()>,
+) -> Result<Vec<&'a [u8]>> {
+    let mut children = Vec::new();
+    let mut fields = Fields::new(buf, message);
+    while let Some((n, f)) = fields.next_field()? {
+        match n {
+            1 => first(fields.len(n, f)?)?,
+            2 => children.push(fields.len(n, f)?),
+            3 => {
+                fields.string(n, f)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(children)
 }
 
 /// A `ScopeSpans`: its instrumentation scope, if present, and its encoded spans.
@@ -361,33 +377,31 @@ pub(crate) struct ScopeSpansView<'a> {
 
 impl<'a> ScopeSpansView<'a> {
     pub(crate) fn read(buf: &'a [u8]) -> Result<Self> {
-        let mut view = Self::default();
-        let mut fields = Fields::new(buf, "ScopeSpans");
-        while let Some((n, f)) = fields.next_field()? {
-            match n {
-                1 => {
-                    view.has_scope = true;
-                    let mut scope = Fields::new(fields.len(n, f)?, "InstrumentationScope");
-                    while let Some((n, f)) = scope.next_field()? {
-                        match n {
-                            1 => view.name = scope.string(n, f)?,
-                            2 => view.version = scope.string(n, f)?,
-                            3 => view.attributes.push(key_value(scope.len(n, f)?)?),
-                            4 => {
-                                scope.uint(n, f)?;
-                            }
-                            _ => {}
-                        }
+        let (mut has_scope, mut name, mut version) = (false, "", "");
+        let mut attributes = Vec::new();
+        let spans = read_container(buf, "ScopeSpans", |scope| {
+            has_scope = true;
+            let mut scope = Fields::new(scope, "InstrumentationScope");
+            while let Some((n, f)) = scope.next_field()? {
+                match n {
+                    1 => name = scope.string(n, f)?,
+                    2 => version = scope.string(n, f)?,
+                    3 => attributes.push(key_value(scope.len(n, f)?)?),
+                    4 => {
+                        scope.uint(n, f)?;
                     }
+                    _ => {}
                 }
-                2 => view.spans.push(fields.len(n, f)?),
-                3 => {
-                    fields.string(n, f)?;
-                }
-                _ => {}
             }
-        }
-        Ok(view)
+            Ok(())
+        })?;
+        Ok(Self {
+            has_scope,
+            name,
+            version,
+            attributes,
+            spans,
+        })
     }
 }
 

@@ -137,7 +137,8 @@ impl DuckDb {
 
 impl Drop for DuckDb {
     fn drop(&mut self) {
-        // Its stdin closes with `self`; the script ends at the end of its input.
+        // The script would end at the end of its input; killing it ends it at once, even in
+        // the middle of a query when the benchmark stops on an error.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -165,6 +165,10 @@ impl Collector {
 
         let pricer = Arc::new(Pricer::new(&settings.pricing).map_err(CollectorError::Config)?);
         let shutting_down = Arc::new(AtomicBool::new(false));
+        // One worker per tier: the tiers of a segment are written side by side (see
+        // `Flusher::flush`); multi-threaded also so that the Delta kernel's nested blocking
+        // calls have somewhere to run.
+        let flush_workers = tables.len().max(1);
         let flusher = Flusher {
             tables,
             pricer,
@@ -176,10 +180,8 @@ impl Collector {
         let flusher = std::thread::Builder::new()
             .name("runledger-flush".into())
             .spawn(move || {
-                // One worker: the flusher is sequential by design; multi-threaded so that the
-                // Delta kernel's nested blocking calls have somewhere to run.
                 let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
+                    .worker_threads(flush_workers)
                     .thread_name("runledger-flush-rt")
                     .enable_all()
                     .build()

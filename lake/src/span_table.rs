@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::AsArray;
 use arrow::array::RecordBatch;
-use arrow::compute::{concat, interleave_record_batch};
+use arrow::compute::{concat, concat_batches, interleave_record_batch};
 use arrow::row::{RowConverter, SortField};
 use delta_kernel::expressions::Scalar;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -189,6 +189,59 @@ pub fn sort_for_lake(
     Ok(Some(interleave_record_batch(&batches, &rows)?))
 }
 
+/// A partition's values: (`date`, `hour`).
+type PartitionKey<'a> = (&'a str, &'a str);
+
+/// Merges batches of the span table into one whose rows are grouped by partition (hours in
+/// time order), each partition's rows in the order they are given: the input that
+/// [`SpanTable::append`] writes as it is. The collector's flush does this once per WAL
+/// segment, before any tier, so that neither tier's append has to sort. Rows are copied
+/// once; when everything lies in one hour (live traffic), that copy is a plain
+/// concatenation. Unlike [`sort_for_lake`], rows are not sorted by run: compaction does that
+/// once per closed hour.
+pub fn group_by_partition(
+    batches: &[RecordBatch],
+) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    // Each partition's (batch, row) pairs, in arrival order. A segment holds a handful of
+    // hours, so a linear search from the last hit finds a row's partition.
+    let mut partitions: Vec<(PartitionKey<'_>, Vec<(usize, usize)>)> = Vec::new();
+    let mut last = 0;
+    for (b, batch) in batches.iter().enumerate() {
+        let date = batch
+            .column_by_name(col::DATE)
+            .expect("date")
+            .as_string::<i32>();
+        let hour = batch
+            .column_by_name(col::HOUR)
+            .expect("hour")
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let key = (date.value(row), hour.value(row));
+            if partitions.get(last).is_none_or(|(k, _)| *k != key) {
+                last = match partitions.iter().position(|(k, _)| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        partitions.push((key, Vec::new()));
+                        partitions.len() - 1
+                    }
+                };
+            }
+            partitions[last].1.push((b, row));
+        }
+    }
+    if partitions.len() == 1 {
+        let owned: Vec<RecordBatch> = batches.iter().map(|b| (*b).clone()).collect();
+        return concat_batches(&first.schema(), &owned).map(Some);
+    }
+    partitions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let rows: Vec<(usize, usize)> = partitions.into_iter().flat_map(|(_, rows)| rows).collect();
+    Ok(Some(interleave_record_batch(&batches, &rows)?))
+}
+
 /// The (offset, length) of each run of equal partition values in a batch: one for a batch
 /// that lies in one hour, one per partition for a batch sorted by [`sort_for_lake`].
 fn partition_runs(batch: &RecordBatch) -> Vec<(usize, usize)> {
@@ -212,6 +265,28 @@ fn partition_runs(batch: &RecordBatch) -> Vec<(usize, usize)> {
         }
     }
     runs
+}
+
+/// Whether each partition of `batch` is one of its `runs` (as [`group_by_partition`] and
+/// [`sort_for_lake`] leave it), so that the runs can be written as they are.
+fn partitions_are_contiguous(batch: &RecordBatch, runs: &[(usize, usize)]) -> bool {
+    if runs.len() <= 1 {
+        return true;
+    }
+    let date = batch
+        .column_by_name(col::DATE)
+        .expect("date")
+        .as_string::<i32>();
+    let hour = batch
+        .column_by_name(col::HOUR)
+        .expect("hour")
+        .as_string::<i32>();
+    let mut keys: Vec<PartitionKey<'_>> = runs
+        .iter()
+        .map(|&(offset, _)| (date.value(offset), hour.value(offset)))
+        .collect();
+    keys.sort_unstable();
+    keys.windows(2).all(|pair| pair[0] != pair[1])
 }
 
 /// What an append did.
@@ -379,11 +454,12 @@ impl SpanTable {
     /// application, is already in the table, nothing is written: this is what makes a replay
     /// of the write-ahead log idempotent.
     ///
-    /// Rows keep the order they are given in: a batch that lies in one hour (the common case)
-    /// goes to the writer as it is, without a copy; only a batch that straddles hours is
-    /// split, through [`sort_for_lake`]. The collector's flushes therefore keep arrival order
-    /// (a request's spans mostly come run by run), and compaction sorts each closed hour by
-    /// run once, instead of every span being sorted twice.
+    /// Rows keep the order they are given in: a batch whose partitions are contiguous (one
+    /// hour, the common case, or grouped by [`group_by_partition`]) goes to the writer as it
+    /// is, one slice per partition, without a copy; only a batch whose hours are interleaved
+    /// is sorted, through [`sort_for_lake`]. The collector's flushes therefore keep arrival
+    /// order (a request's spans mostly come run by run), and compaction sorts each closed
+    /// hour by run once, instead of every span being sorted twice.
     pub async fn append(
         &mut self,
         batches: &[RecordBatch],
@@ -413,7 +489,7 @@ impl SpanTable {
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             let mut in_order = batch.clone();
             let mut runs = partition_runs(&in_order);
-            if runs.len() > 1 {
+            if !partitions_are_contiguous(&in_order, &runs) {
                 in_order = sort_for_lake(std::slice::from_ref(batch))
                     .map_err(|e| LakeError::Arrow(e, tier))?
                     .expect("a non-empty batch");

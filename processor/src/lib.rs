@@ -32,7 +32,7 @@ mod wire;
 pub use config::ProcessorConfig;
 pub use normalize::{NormalizedBatch, Normalizer};
 pub use pricing::{Pricer, PricingConfig};
-pub use redact::{RedactionConfig, Redactor};
+pub use redact::{RedactionConfig, RedactionTotals, Redactor};
 pub use wire::WireError;
 
 /// The entry and field names of the span table's maps, as Delta Lake lays maps out

@@ -214,3 +214,79 @@ async fn checkpoints_are_written_at_the_configured_interval() {
         .unwrap();
     assert_eq!(reopened.committed_transaction("c").await.unwrap(), Some(4));
 }
+
+/// The values of a string column, in row order.
+fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
+    let column = batch.column_by_name(name).unwrap().as_string::<i32>();
+    column.iter().map(|v| v.unwrap().to_string()).collect()
+}
+
+#[test]
+fn grouping_by_partition_keeps_arrival_order_within_each_hour() {
+    let inputs = [batch(50, 5), batch(30, 3)];
+    let grouped = group_by_partition(&inputs).unwrap().unwrap();
+    assert_eq!(grouped.num_rows(), 80);
+    // Hours in time order, each one contiguous.
+    let hours: Vec<(String, String)> = strings(&grouped, "date")
+        .into_iter()
+        .zip(strings(&grouped, "hour"))
+        .collect();
+    assert!(hours.windows(2).all(|w| w[0] <= w[1]), "{hours:?}");
+    assert!(
+        hours.first() < hours.last(),
+        "the inputs straddle two hours"
+    );
+    // Within an hour: the first batch's rows in their order, then the second's.
+    for hour in [hours.first().unwrap(), hours.last().unwrap()] {
+        let expected: Vec<String> = inputs
+            .iter()
+            .flat_map(|b| {
+                let in_hour = strings(b, "date")
+                    .into_iter()
+                    .zip(strings(b, "hour"))
+                    .map(|h| &h == hour)
+                    .collect::<Vec<_>>();
+                strings(b, "name")
+                    .into_iter()
+                    .zip(in_hour)
+                    .filter(|(_, keep)| *keep)
+                    .map(|(name, _)| name)
+            })
+            .collect();
+        let got: Vec<String> = strings(&grouped, "name")
+            .into_iter()
+            .zip(&hours)
+            .filter(|(_, h)| *h == hour)
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(got, expected, "hour {hour:?}");
+    }
+    assert!(partitions_are_contiguous(
+        &grouped,
+        &partition_runs(&grouped)
+    ));
+    // The generated batch alternates hours row by row: not contiguous, so append sorts it.
+    assert!(!partitions_are_contiguous(
+        &inputs[0],
+        &partition_runs(&inputs[0])
+    ));
+    assert!(group_by_partition(&[]).unwrap().is_none());
+}
+
+#[test]
+fn one_hour_is_grouped_by_concatenation() {
+    let one_hour = |b: RecordBatch| {
+        let hour = b.column_by_name("hour").unwrap().as_string::<i32>();
+        let first = hour.value(0).to_string();
+        let keep: arrow::array::BooleanArray = hour
+            .iter()
+            .map(|h| Some(h == Some(first.as_str())))
+            .collect();
+        arrow::compute::filter_record_batch(&b, &keep).unwrap()
+    };
+    let inputs = [one_hour(batch(20, 4)), one_hour(batch(10, 2))];
+    let grouped = group_by_partition(&inputs).unwrap().unwrap();
+    let expected: Vec<String> = inputs.iter().flat_map(|b| strings(b, "name")).collect();
+    assert_eq!(strings(&grouped, "name"), expected);
+    assert_eq!(partition_runs(&grouped).len(), 1);
+}

@@ -292,13 +292,13 @@ pub(crate) fn collector_series(
         out.single(
             "runledger_flush_seconds_total",
             "counter",
-            "Time spent flushing WAL segments to the lake.",
+            "Time from the start of each WAL segment's flush to its last commit to the lake, summed over segments.",
             M::get(&metrics.flush_micros) as f64 / 1e6,
         );
         out.single(
             "runledger_redaction_seconds_total",
             "counter",
-            "Time spent redacting (part of the flush time).",
+            "CPU time spent redacting, summed over the threads that redact.",
             M::get(&metrics.redact_micros) as f64 / 1e6,
         );
         out.help(

@@ -1,16 +1,26 @@
 //! The flusher: sealed WAL segments become commits to the lake, in sequence order.
 //!
 //! Runs on threads of its own with its own runtime, because Parquet encoding is CPU work
-//! that must not stall the receivers' async threads. Segments are flushed one at a time, in
-//! order. For each: decode its records (kept in memory by the WAL writer; read back from the
-//! file only after a restart), group their rows by hour, price them, and append them to
-//! every tier's table, the tiers side by side, in one commit per tier that carries the
-//! application transaction (collector id, segment sequence). Only when every tier has it is
-//! the segment file deleted and its memory-budget reservation released.
-//! A failed flush is retried with backoff; meanwhile the budget fills up and the receivers
-//! answer with the overload status.
+//! that must not stall the receivers' async threads. It is a small pipeline:
+//!
+//! ```text
+//!  sealed segments -> prepare: take the spans (kept in memory by the WAL writer; read back
+//!                     from the file only after a restart), group them by hour, price them
+//!                  -> one lane per tier, each a task with its table: (redact,) append in
+//!                     one commit carrying the application transaction (collector id,
+//!                     segment sequence), segment after segment in order
+//!                  -> the last lane to commit a segment deletes its file; its memory-budget
+//!                     reservation is released when the lanes let go of it
+//! ```
+//!
+//! The lanes run side by side and need not wait for each other: while the redacted tier
+//! redacts and encodes segment n, the raw tier can commit segment n + 1, and the next
+//! segment is prepared meanwhile. Each table still receives the segments in sequence order,
+//! which is what its transaction versions require. A failed append is retried by its lane
+//! with backoff; meanwhile the budget fills up and the receivers answer with the overload
+//! status.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +39,9 @@ use runledger_lake::failpoint;
 /// start instead of retrying forever.
 const ATTEMPTS_WHEN_SHUTTING_DOWN: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Prepared segments a lane may have queued: enough to keep it busy, few enough that the
+/// priced copies in memory stay a couple of segments' worth.
+const LANE_DEPTH: usize = 1;
 
 pub(crate) struct Flusher {
     pub(crate) tables: Vec<SpanTable>,
@@ -41,21 +54,46 @@ pub(crate) struct Flusher {
     pub(crate) shutting_down: Arc<AtomicBool>,
 }
 
+/// A segment on its way through the lanes.
+struct PreparedSegment {
+    /// Released (reservations) when the last lane drops its handle.
+    segment: SealedSegment,
+    /// The segment's spans, grouped by hour and priced; `None` when it had none.
+    batch: Option<RecordBatch>,
+    /// Lanes that have not committed it yet.
+    uncommitted: AtomicUsize,
+    /// Lanes that have committed it (for the failpoint between the tiers' commits).
+    committed: AtomicUsize,
+    /// When its preparation started.
+    started: Instant,
+}
+
 impl Flusher {
-    pub(crate) async fn run(mut self, mut sealed: UnboundedReceiver<SealedSegment>) {
-        while let Some(segment) = sealed.recv().await {
+    pub(crate) async fn run(self, mut sealed: UnboundedReceiver<SealedSegment>) {
+        let mut lanes = Vec::with_capacity(self.tables.len());
+        let mut tasks = tokio::task::JoinSet::new();
+        for table in self.tables {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Arc<PreparedSegment>>(LANE_DEPTH);
+            lanes.push(sender);
+            let lane = Lane {
+                table,
+                redactor: self.redactor.clone(),
+                app_id: self.app_id.clone(),
+                metrics: self.metrics.clone(),
+                shutting_down: self.shutting_down.clone(),
+            };
+            tasks.spawn(lane.run(receiver));
+        }
+        let prepare = Prepare {
+            pricer: self.pricer,
+            metrics: self.metrics.clone(),
+        };
+        'segments: while let Some(segment) = sealed.recv().await {
+            let started = Instant::now();
             let mut attempt = 0u32;
-            loop {
-                let started = Instant::now();
-                match self.flush(&segment).await {
-                    Ok(()) => {
-                        CollectorMetrics::add(
-                            &self.metrics.flush_micros,
-                            started.elapsed().as_micros() as u64,
-                        );
-                        CollectorMetrics::add(&self.metrics.segments_flushed, 1);
-                        break;
-                    }
+            let batch = loop {
+                match prepare.prepare(&segment) {
+                    Ok(batch) => break batch,
                     Err(error) => {
                         attempt += 1;
                         CollectorMetrics::add(&self.metrics.flush_errors, 1);
@@ -63,28 +101,66 @@ impl Flusher {
                             segment = segment.seq,
                             attempt,
                             %error,
-                            "flushing a WAL segment to the lake failed; it stays in the WAL"
+                            "preparing a WAL segment for the lake failed; it stays in the WAL"
                         );
-                        if self.shutting_down.load(Ordering::Acquire)
-                            && attempt >= ATTEMPTS_WHEN_SHUTTING_DOWN
-                        {
-                            tracing::error!(
-                                "giving up at shutdown: the remaining segments stay on disk \
-                                 and are replayed at the next start"
-                            );
-                            return;
+                        if !backoff(&self.shutting_down, attempt).await {
+                            break 'segments;
                         }
-                        let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(9)));
-                        tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
                     }
                 }
+            };
+            failpoint::hit("flush.before_commit");
+            let prepared = Arc::new(PreparedSegment {
+                segment,
+                batch,
+                uncommitted: AtomicUsize::new(lanes.len()),
+                committed: AtomicUsize::new(0),
+                started,
+            });
+            for lane in &lanes {
+                if lane.send(prepared.clone()).await.is_err() {
+                    // The lane gave up at shutdown: what follows stays on disk.
+                    break 'segments;
+                }
             }
-            // Dropping the segment releases its reservations.
-            drop(segment);
+        }
+        // Closing the lanes' queues lets them finish what they hold, then stop.
+        drop(lanes);
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                if e.is_panic() {
+                    // A panic in a lane is a bug: let it end the flusher, as it would have
+                    // on this thread. The segments stay in the WAL for the next start.
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
         }
     }
+}
 
-    async fn flush(&mut self, segment: &SealedSegment) -> Result<(), String> {
+/// Waits before the next attempt; `false` when the flusher is shutting down and has tried
+/// enough (the rest stays on disk and is replayed at the next start).
+async fn backoff(shutting_down: &AtomicBool, attempt: u32) -> bool {
+    if shutting_down.load(Ordering::Acquire) && attempt >= ATTEMPTS_WHEN_SHUTTING_DOWN {
+        tracing::error!(
+            "giving up at shutdown: the remaining segments stay on disk and are replayed at \
+             the next start"
+        );
+        return false;
+    }
+    let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(9)));
+    tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+    true
+}
+
+/// The first stage: a segment's spans, ready for every tier.
+struct Prepare {
+    pricer: Arc<Pricer>,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl Prepare {
+    fn prepare(&self, segment: &SealedSegment) -> Result<Option<RecordBatch>, String> {
         let schema = span_table_schema();
         // Records that this process encoded are taken as they are; records read back from
         // disk after a restart are validated (UTF-8, offsets) as they are decoded.
@@ -111,71 +187,88 @@ impl Flusher {
         // redaction (whose memo of repeated values works within a batch) and the Parquet
         // writers then run once over ~40k spans instead of once per request, and neither
         // tier's append has to split or sort what the other already did.
-        let priced = match group_by_partition(&aligned)
+        let Some(merged) = group_by_partition(&aligned)
             .map_err(|e| format!("merging the segment's batches: {e}"))?
-        {
-            None => None,
-            Some(merged) => {
-                drop(aligned);
-                let (batch, totals) = self
-                    .pricer
-                    .price_batch(&merged)
-                    .map_err(|e| format!("pricing: {e}"))?;
-                CollectorMetrics::add(&self.metrics.spans_unpriced, totals.unpriced);
-                Some(batch)
-            }
+        else {
+            return Ok(None);
         };
-        failpoint::hit("flush.before_commit");
-        // The tiers are separate tables with their own commits: each is written by a task of
-        // its own, so that redacting and encoding the redacted tier runs on one core while
-        // the raw tier is encoded on the other. The segment is released only when all have
-        // committed; a crash in between replays it, and each table skips the transaction it
-        // already holds.
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, table) in std::mem::take(&mut self.tables).into_iter().enumerate() {
-            let tier_flush = TierFlush {
-                batch: priced.clone(),
-                redactor: self.redactor.clone(),
-                app_id: self.app_id.clone(),
-                seq: segment.seq,
-                metrics: self.metrics.clone(),
-            };
-            tasks.spawn(async move {
-                let mut table = table;
-                let result = tier_flush.write(&mut table).await;
-                (index, table, result)
-            });
-        }
-        let mut tables = Vec::with_capacity(tasks.len());
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            let (index, table, result) = match joined {
-                Ok(done) => done,
-                // A panic in a tier's flush is a bug: let it end the flusher, as it would
-                // have on this thread. The segment stays in the WAL for the next start.
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            };
-            match result {
-                Ok(()) if tables.is_empty() => failpoint::hit("flush.between_tiers"),
-                Ok(()) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
+        drop(aligned);
+        let (batch, totals) = self
+            .pricer
+            .price_batch(&merged)
+            .map_err(|e| format!("pricing: {e}"))?;
+        CollectorMetrics::add(&self.metrics.spans_unpriced, totals.unpriced);
+        Ok(Some(batch))
+    }
+}
+
+/// One tier's lane: its table, and the segments it commits in order.
+struct Lane {
+    table: SpanTable,
+    redactor: Option<Arc<Redactor>>,
+    app_id: String,
+    metrics: Arc<CollectorMetrics>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Lane {
+    async fn run(mut self, mut queue: tokio::sync::mpsc::Receiver<Arc<PreparedSegment>>) {
+        while let Some(prepared) = queue.recv().await {
+            let mut attempt = 0u32;
+            loop {
+                let tier_flush = TierFlush {
+                    batch: prepared.batch.clone(),
+                    redactor: self.redactor.clone(),
+                    app_id: self.app_id.clone(),
+                    seq: prepared.segment.seq,
+                    metrics: self.metrics.clone(),
+                };
+                match tier_flush.write(&mut self.table).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        attempt += 1;
+                        CollectorMetrics::add(&self.metrics.flush_errors, 1);
+                        tracing::error!(
+                            segment = prepared.segment.seq,
+                            tier = %self.table.tier(),
+                            attempt,
+                            %error,
+                            "flushing a WAL segment to the lake failed; it stays in the WAL"
+                        );
+                        if !backoff(&self.shutting_down, attempt).await {
+                            // Dropping the queue tells the flusher to stop sending.
+                            return;
+                        }
+                    }
                 }
             }
-            tables.push((index, table));
-        }
-        tables.sort_unstable_by_key(|(index, _)| *index);
-        self.tables = tables.into_iter().map(|(_, table)| table).collect();
-        if let Some(error) = first_error {
-            return Err(error);
-        }
-        failpoint::hit("flush.after_commit");
-        match std::fs::remove_file(&segment.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {}: {e}", segment.path.display())),
+            if prepared.committed.fetch_add(1, Ordering::AcqRel) == 0 {
+                failpoint::hit("flush.between_tiers");
+            }
+            if prepared.uncommitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                release(&prepared, &self.metrics);
+            }
         }
     }
+}
+
+/// Every tier has committed the segment: its file goes (the segment's reservations go with
+/// the last handle to it).
+fn release(prepared: &PreparedSegment, metrics: &CollectorMetrics) {
+    failpoint::hit("flush.after_commit");
+    let path = &prepared.segment.path;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Committed everywhere: a replay at the next start finds every transaction in the
+        // tables and writes nothing.
+        Err(e) => tracing::warn!(segment = %path.display(), %e, "removing a flushed WAL segment"),
+    }
+    CollectorMetrics::add(
+        &metrics.flush_micros,
+        prepared.started.elapsed().as_micros() as u64,
+    );
+    CollectorMetrics::add(&metrics.segments_flushed, 1);
 }
 
 /// One tier's share of a segment's flush: redact (for the redacted tier) and append.

@@ -37,9 +37,10 @@ pub struct CollectorMetrics {
     pub rows_committed: AtomicU64,
     /// Failed flush attempts (each is retried).
     pub flush_errors: AtomicU64,
-    /// Total time spent flushing segments, in microseconds.
+    /// Time from the start of a segment's flush to its last tier's commit, in microseconds,
+    /// summed over segments (segments in the pipeline overlap, so this can exceed wall time).
     pub flush_micros: AtomicU64,
-    /// Time spent redacting, in microseconds (part of `flush_micros`).
+    /// CPU time spent redacting, in microseconds, summed over the threads that redact.
     pub redact_micros: AtomicU64,
     /// Spans with token counts but no price for their model (their cost is null).
     pub spans_unpriced: AtomicU64,

@@ -165,10 +165,10 @@ impl Collector {
 
         let pricer = Arc::new(Pricer::new(&settings.pricing).map_err(CollectorError::Config)?);
         let shutting_down = Arc::new(AtomicBool::new(false));
-        // One worker per tier: the tiers of a segment are written side by side (see
-        // `Flusher::flush`); multi-threaded also so that the Delta kernel's nested blocking
-        // calls have somewhere to run.
-        let flush_workers = tables.len().max(1);
+        // One worker per tier lane and one for preparing the next segment (see `flush.rs`);
+        // multi-threaded also so that the Delta kernel's nested blocking calls have somewhere
+        // to run.
+        let flush_workers = tables.len() + 1;
         let flusher = Flusher {
             tables,
             pricer,

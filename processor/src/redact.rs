@@ -3,8 +3,9 @@
 //! It works on the span table's rows (an Arrow batch), after normalisation, so that one pass
 //! covers every string a span carries: the span name, status message, typed columns derived
 //! from attributes, attribute and resource-attribute values, and the JSON of events and links
-//! (event names and attributes, link attributes). The collector runs it on the flusher's
-//! thread, never on the receivers' async threads.
+//! (event names and attributes, link attributes). The collector runs it in the flusher's
+//! lane of the redacted tier, on slices of a segment side by side, never on the receivers'
+//! async threads. A redactor is shared by reference: it holds no per-call state.
 //!
 //! Two kinds of rules:
 //! - **detectors** find values by their shape anywhere in a string (an email inside a prompt,

@@ -227,3 +227,107 @@ async fn spans_are_queryable_within_the_flush_interval() {
     );
     drop(server);
 }
+
+/// Polls `condition` until it holds or `deadline` passes (a wait on the server's progress,
+/// not a guess at how long it takes).
+async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn redacted_span_ids(data_dir: &std::path::Path) -> Vec<String> {
+    common::query(data_dir, "SELECT span_id FROM redacted_spans")
+        .into_iter()
+        .map(|row| row["span_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_that_cannot_commit_keeps_its_segments_while_the_other_tier_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = Server::start(&data_dir, &fast_flush_config(""));
+    let mut client = TraceServiceClient::connect(server.grpc_endpoint())
+        .await
+        .unwrap();
+    let export = |ids: std::ops::Range<u64>| request(ids.map(|id| span(9, id, vec![])).collect());
+    client.export(export(1..11)).await.unwrap();
+    wait_until(
+        "the first spans in the raw tier",
+        Duration::from_secs(60),
+        || {
+            let data_dir = data_dir.clone();
+            async move { raw_span_ids(&data_dir).len() == 10 }
+        },
+    )
+    .await;
+
+    // The redacted tier's log becomes a file: its commits fail until it is put back.
+    let log = data_dir.join("redacted/spans/_delta_log");
+    let held = data_dir.join("redacted/spans/_delta_log.held");
+    std::fs::rename(&log, &held).unwrap();
+    std::fs::write(&log, b"not a directory").unwrap();
+    client.export(export(11..21)).await.unwrap();
+    client.export(export(21..31)).await.unwrap();
+    // The raw tier's lane commits them meanwhile; the redacted lane retries.
+    wait_until(
+        "the later spans in the raw tier",
+        Duration::from_secs(60),
+        || {
+            let data_dir = data_dir.clone();
+            async move { raw_span_ids(&data_dir).len() == 30 }
+        },
+    )
+    .await;
+    wait_until(
+        "a failed flush counted",
+        Duration::from_secs(60),
+        || async {
+            let (_, metrics) = server.get_text("/metrics", "").await;
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("runledger_flush_errors_total"))
+                .any(|l| l.split_whitespace().last() != Some("0"))
+        },
+    )
+    .await;
+    let pending = std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
+        .count();
+    assert!(
+        pending >= 1,
+        "the segment stays in the WAL until both tiers commit it"
+    );
+
+    std::fs::remove_file(&log).unwrap();
+    std::fs::rename(&held, &log).unwrap();
+    assert!(server.stop().success());
+    // If the stop came before the lane's next attempt, the segment is replayed now.
+    let restarted = Server::start(&data_dir, &fast_flush_config(""));
+    assert!(restarted.stop().success());
+
+    let acked: Vec<u64> = (1..31).collect();
+    assert_exactly_once(&data_dir, &acked);
+    let mut redacted = redacted_span_ids(&data_dir);
+    redacted.sort();
+    let mut expected: Vec<String> = acked.iter().map(|id| format!("{id:016x}")).collect();
+    expected.sort();
+    assert_eq!(
+        redacted, expected,
+        "the redacted tier holds every span once"
+    );
+}

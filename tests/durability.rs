@@ -228,16 +228,30 @@ async fn spans_are_queryable_within_the_flush_interval() {
     drop(server);
 }
 
-/// Polls `condition` until it holds or `deadline` passes (a wait on the server's progress,
-/// not a guess at how long it takes).
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// The value of a counter on the server's `/metrics`.
+async fn counter(server: &Server, name: &str) -> f64 {
+    let (status, metrics) = server.get_text("/metrics", "").await;
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+/// Polls the server's `/metrics` until `condition` holds of `name` or `deadline` passes (a
+/// wait on the server's progress, not a guess at how long it takes).
+async fn wait_for_counter(server: &Server, name: &str, condition: impl Fn(f64) -> bool) {
     let started = Instant::now();
-    while !condition().await {
-        assert!(started.elapsed() < deadline, "timed out waiting: {what}");
+    loop {
+        let value = counter(server, name).await;
+        if condition(value) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting on {name} (at {value})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -258,16 +272,10 @@ async fn a_tier_that_cannot_commit_keeps_its_segments_while_the_other_tier_goes_
         .await
         .unwrap();
     let export = |ids: std::ops::Range<u64>| request(ids.map(|id| span(9, id, vec![])).collect());
+    const ROWS: &str = "runledger_rows_committed_total";
     client.export(export(1..11)).await.unwrap();
-    wait_until(
-        "the first spans in the raw tier",
-        Duration::from_secs(60),
-        || {
-            let data_dir = data_dir.clone();
-            async move { raw_span_ids(&data_dir).len() == 10 }
-        },
-    )
-    .await;
+    // Ten rows in each tier.
+    wait_for_counter(&server, ROWS, |rows| rows == 20.0).await;
 
     // The redacted tier's log becomes a file: its commits fail until it is put back.
     let log = data_dir.join("redacted/spans/_delta_log");
@@ -276,28 +284,14 @@ async fn a_tier_that_cannot_commit_keeps_its_segments_while_the_other_tier_goes_
     std::fs::write(&log, b"not a directory").unwrap();
     client.export(export(11..21)).await.unwrap();
     client.export(export(21..31)).await.unwrap();
-    // The raw tier's lane commits them meanwhile; the redacted lane retries.
-    wait_until(
-        "the later spans in the raw tier",
-        Duration::from_secs(60),
-        || {
-            let data_dir = data_dir.clone();
-            async move { raw_span_ids(&data_dir).len() == 30 }
-        },
-    )
+    // The raw tier's lane commits them meanwhile (twenty more rows); the redacted lane fails
+    // and retries.
+    wait_for_counter(&server, ROWS, |rows| rows == 40.0).await;
+    wait_for_counter(&server, "runledger_flush_errors_total", |errors| {
+        errors > 0.0
+    })
     .await;
-    wait_until(
-        "a failed flush counted",
-        Duration::from_secs(60),
-        || async {
-            let (_, metrics) = server.get_text("/metrics", "").await;
-            metrics
-                .lines()
-                .filter(|l| l.starts_with("runledger_flush_errors_total"))
-                .any(|l| l.split_whitespace().last() != Some("0"))
-        },
-    )
-    .await;
+    assert_eq!(raw_span_ids(&data_dir).len(), 30);
     let pending = std::fs::read_dir(data_dir.join("wal"))
         .unwrap()
         .filter(|e| {

@@ -117,6 +117,10 @@ impl Flusher {
                 committed: AtomicUsize::new(0),
                 started,
             });
+            if lanes.is_empty() {
+                // No tier to write (the config requires one; kept safe all the same).
+                release(&prepared, &self.metrics);
+            }
             for lane in &lanes {
                 if lane.send(prepared.clone()).await.is_err() {
                     // The lane gave up at shutdown: what follows stays on disk.

@@ -271,6 +271,13 @@ async fn ingest(
         "    end to end, raw tier only (no redaction):                        {:>9.0} spans/s  (server CPU {:.2} µs/span)",
         raw_only.rate, raw_only.cpu_us_per_span
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (what, run) in [("raw + redacted", &both), ("raw only", &raw_only)] {
+        println!(
+            "    CPU, {what}: exporters (generator, encoding, gRPC client) {:.2} µs/span; server and exporters kept {:.2} of {cores} cores busy",
+            run.exporters_cpu_us_per_span, run.cores_busy
+        );
+    }
     let redact_us = both.redaction_us as f64 / both.spans as f64;
     println!(
         "    redaction in the server: {redact_us:.2} µs/span = {:.1}% of the server's CPU; it adds {:.1}% to the CPU cost of ingest",
@@ -304,15 +311,20 @@ struct IngestResult {
     retries: u64,
     otlp_bytes: u64,
     cpu_us_per_span: f64,
+    /// CPU of the exporters (generator, encoding, gRPC client) per span.
+    exporters_cpu_us_per_span: f64,
+    /// Server and exporters' CPU over the run's wall time: how many cores they kept busy.
+    cores_busy: f64,
     redaction_us: u64,
     data_dir: std::path::PathBuf,
 }
 
-/// CPU time (user + system) of the waited-for children so far.
-fn children_cpu_seconds() -> f64 {
+/// CPU time (user + system) so far of `who`: this process (`RUSAGE_SELF`) or its
+/// waited-for children (`RUSAGE_CHILDREN`).
+fn cpu_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes into the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    unsafe { libc::getrusage(who, &mut usage) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
@@ -328,7 +340,7 @@ async fn ingest_once(
     let config_path = data_dir.with_extension("toml");
     std::fs::write(&config_path, config)?;
     let exe = std::env::current_exe().context("locating the runledger binary")?;
-    let cpu_before = children_cpu_seconds();
+    let cpu_before = cpu_seconds(libc::RUSAGE_CHILDREN);
     let mut child = std::process::Command::new(exe)
         .args([
             "serve",
@@ -371,6 +383,9 @@ async fn ingest_once(
         }
     });
 
+    // The exporters (generator, encoding, gRPC client) are this process: its CPU time over
+    // the run is theirs.
+    let exporters_before = cpu_seconds(libc::RUSAGE_SELF);
     let started = Instant::now();
     let report = send(SendOptions {
         endpoint: format!("http://{grpc}"),
@@ -395,7 +410,8 @@ async fn ingest_once(
     if report.spans_failed > 0 || report.spans_acked != report.spans_sent {
         bail!("not every span was acknowledged: {report:?}");
     }
-    let cpu = children_cpu_seconds() - cpu_before;
+    let cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_before;
+    let exporters_cpu = cpu_seconds(libc::RUSAGE_SELF) - exporters_before;
     let stopped = stopped_rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .unwrap_or_default();
@@ -411,6 +427,8 @@ async fn ingest_once(
         retries: report.retries,
         otlp_bytes: report.otlp_bytes,
         cpu_us_per_span: cpu * 1e6 / report.spans_acked as f64,
+        exporters_cpu_us_per_span: exporters_cpu * 1e6 / report.spans_acked as f64,
+        cores_busy: (cpu + exporters_cpu) / flushed_at.as_secs_f64(),
         redaction_us,
         data_dir,
     })

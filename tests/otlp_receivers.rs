@@ -332,3 +332,62 @@ async fn overload_is_answered_with_the_retryable_status_and_nothing_is_lost() {
     let ids = common::raw_span_ids(&data_dir);
     assert_eq!(ids, vec![format!("{:016x}", 1)]);
 }
+
+/// The figure after `label` on the line that starts with `line_start`, as a number.
+fn figure(output: &str, line_start: &str, label: &str) -> f64 {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with(line_start))
+        .unwrap_or_else(|| panic!("no line {line_start:?} in:\n{output}"));
+    let after = &line[line
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"))
+        + label.len()..];
+    after
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.trim_end_matches([';', ',', ':']).parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"))
+}
+
+#[test]
+fn the_ingest_benchmark_prints_every_figure_from_a_real_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = common::ok(common::runledger(
+        &[
+            "bench",
+            "ingest",
+            "--runs",
+            "400",
+            "--concurrency",
+            "4",
+            "--runs-per-request",
+            "20",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        figure(&output, "(a) decode-only", "one core:") > 0.0,
+        "{output}"
+    );
+    let both = figure(&output, "(b) end to end", "(redaction on):");
+    let raw = figure(&output, "end to end, raw tier only", "(no redaction):");
+    assert!(both > 0.0 && raw > 0.0, "{output}");
+    let server = figure(&output, "(b) end to end", "server CPU");
+    let exporters = figure(&output, "CPU, raw + redacted", "gRPC client)");
+    let busy = figure(&output, "CPU, raw + redacted", "kept");
+    assert!(server > 0.0 && exporters > 0.0, "{output}");
+    assert!(busy > 0.0 && busy <= 64.0, "{output}");
+    assert!(
+        figure(&output, "redaction in the server:", "server:") > 0.0,
+        "{output}"
+    );
+    // The spans went to the lake: Parquet is smaller than the OTLP that carried them.
+    let otlp = figure(&output, "(d) bytes per span", "OTLP protobuf");
+    let parquet = figure(&output, "(d) bytes per span", "Parquet");
+    assert!(parquet > 0.0 && parquet < otlp, "{output}");
+    assert!(dir.path().join("data/raw/spans/_delta_log").exists());
+    assert!(dir.path().join("data/redacted/spans/_delta_log").exists());
+}

@@ -60,10 +60,10 @@ struct PreparedSegment {
     segment: SealedSegment,
     /// The segment's spans, grouped by hour and priced; `None` when it had none.
     batch: Option<RecordBatch>,
+    /// Lanes it was handed to.
+    lanes: usize,
     /// Lanes that have not committed it yet.
     uncommitted: AtomicUsize,
-    /// Lanes that have committed it (for the failpoint between the tiers' commits).
-    committed: AtomicUsize,
     /// When its preparation started.
     started: Instant,
 }
@@ -78,6 +78,7 @@ impl Flusher {
             let lane = Lane {
                 table,
                 redactor: self.redactor.clone(),
+                redaction_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 app_id: self.app_id.clone(),
                 metrics: self.metrics.clone(),
                 shutting_down: self.shutting_down.clone(),
@@ -113,8 +114,8 @@ impl Flusher {
             let prepared = Arc::new(PreparedSegment {
                 segment,
                 batch,
+                lanes: lanes.len(),
                 uncommitted: AtomicUsize::new(lanes.len()),
-                committed: AtomicUsize::new(0),
                 started,
             });
             if lanes.is_empty() {
@@ -210,6 +211,8 @@ impl Prepare {
 struct Lane {
     table: SpanTable,
     redactor: Option<Arc<Redactor>>,
+    /// Threads that redact a segment side by side: the machine's cores.
+    redaction_threads: usize,
     app_id: String,
     metrics: Arc<CollectorMetrics>,
     shutting_down: Arc<AtomicBool>,
@@ -220,14 +223,7 @@ impl Lane {
         while let Some(prepared) = queue.recv().await {
             let mut attempt = 0u32;
             loop {
-                let tier_flush = TierFlush {
-                    batch: prepared.batch.clone(),
-                    redactor: self.redactor.clone(),
-                    app_id: self.app_id.clone(),
-                    seq: prepared.segment.seq,
-                    metrics: self.metrics.clone(),
-                };
-                match tier_flush.write(&mut self.table).await {
+                match self.write(&prepared).await {
                     Ok(()) => break,
                     Err(error) => {
                         attempt += 1;
@@ -246,13 +242,49 @@ impl Lane {
                     }
                 }
             }
-            if prepared.committed.fetch_add(1, Ordering::AcqRel) == 0 {
+            let uncommitted = prepared.uncommitted.fetch_sub(1, Ordering::AcqRel);
+            if uncommitted == prepared.lanes {
+                // The first tier to commit it.
                 failpoint::hit("flush.between_tiers");
             }
-            if prepared.uncommitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if uncommitted == 1 {
                 release(&prepared, &self.metrics);
             }
         }
+    }
+
+    /// This tier's share of a segment's flush: redact (for the redacted tier) and append.
+    async fn write(&mut self, prepared: &PreparedSegment) -> Result<(), String> {
+        let seq = prepared.segment.seq;
+        let batch = match (self.table.tier(), &prepared.batch) {
+            (_, None) => None,
+            (Tier::Raw, Some(priced)) => Some(vec![priced.clone()]),
+            (Tier::Redacted, Some(priced)) => {
+                let Some(redactor) = &self.redactor else {
+                    return Err("the redacted tier has no redactor: refusing to write".into());
+                };
+                let (parts, cpu) = redact_side_by_side(redactor, priced, self.redaction_threads)?;
+                CollectorMetrics::add(&self.metrics.redact_micros, cpu.as_micros() as u64);
+                for (_, totals) in &parts {
+                    self.metrics.add_redactions(&totals.by_kind);
+                }
+                Some(parts.into_iter().map(|(batch, _)| batch).collect())
+            }
+        };
+        let outcome = self
+            .table
+            .append(
+                batch.as_deref().unwrap_or_default(),
+                &self.app_id,
+                seq as i64,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let AppendOutcome::Committed { rows, .. } = outcome {
+            CollectorMetrics::add(&self.metrics.rows_committed, rows as u64);
+        }
+        tracing::debug!(segment = seq, tier = %self.table.tier(), ?outcome, "flushed");
+        Ok(())
     }
 }
 
@@ -273,49 +305,6 @@ fn release(prepared: &PreparedSegment, metrics: &CollectorMetrics) {
         prepared.started.elapsed().as_micros() as u64,
     );
     CollectorMetrics::add(&metrics.segments_flushed, 1);
-}
-
-/// One tier's share of a segment's flush: redact (for the redacted tier) and append.
-struct TierFlush {
-    batch: Option<RecordBatch>,
-    redactor: Option<Arc<Redactor>>,
-    app_id: String,
-    seq: u64,
-    metrics: Arc<CollectorMetrics>,
-}
-
-impl TierFlush {
-    async fn write(self, table: &mut SpanTable) -> Result<(), String> {
-        let batch = match (table.tier(), self.batch) {
-            (_, None) => None,
-            (Tier::Raw, Some(priced)) => Some(vec![priced]),
-            (Tier::Redacted, Some(priced)) => {
-                let Some(redactor) = &self.redactor else {
-                    return Err("the redacted tier has no redactor: refusing to write".into());
-                };
-                let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let (parts, cpu) = redact_side_by_side(redactor, &priced, parts)?;
-                CollectorMetrics::add(&self.metrics.redact_micros, cpu.as_micros() as u64);
-                for (_, totals) in &parts {
-                    self.metrics.add_redactions(&totals.by_kind);
-                }
-                Some(parts.into_iter().map(|(batch, _)| batch).collect())
-            }
-        };
-        let outcome = table
-            .append(
-                batch.as_deref().unwrap_or_default(),
-                &self.app_id,
-                self.seq as i64,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        if let AppendOutcome::Committed { rows, .. } = outcome {
-            CollectorMetrics::add(&self.metrics.rows_committed, rows as u64);
-        }
-        tracing::debug!(segment = self.seq, tier = %table.tier(), ?outcome, "flushed");
-        Ok(())
-    }
 }
 
 /// Rows below which a batch is redacted on one thread: splitting pays for a thread only

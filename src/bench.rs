@@ -221,12 +221,8 @@ async fn ingest(
     runs_per_request: usize,
     data_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    println!(
-        "runledger ingest benchmark ({} cores)",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("runledger ingest benchmark ({cores} cores)");
     let (decode_rate, decode_spans) =
         tokio::task::spawn_blocking(move || decode_only(runs.min(20_000), runs_per_request))
             .await?;
@@ -271,7 +267,6 @@ async fn ingest(
         "    end to end, raw tier only (no redaction):                        {:>9.0} spans/s  (server CPU {:.2} µs/span)",
         raw_only.rate, raw_only.cpu_us_per_span
     );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (what, run) in [("raw + redacted", &both), ("raw only", &raw_only)] {
         println!(
             "    CPU, {what}: exporters (generator, encoding, gRPC client) {:.2} µs/span; server and exporters kept {:.2} of {cores} cores busy",

@@ -64,6 +64,20 @@ fn wait_with_deadline(server: Server, deadline: Duration) -> std::process::ExitS
     }
 }
 
+/// WAL segments left in the data directory.
+fn wal_segments(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wal")
+        })
+        .count()
+}
+
 fn assert_exactly_once(data_dir: &std::path::Path, acked: &[u64]) {
     let stored = raw_span_ids(data_dir);
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -83,18 +97,9 @@ fn assert_exactly_once(data_dir: &std::path::Path, acked: &[u64]) {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    let wal_segments = std::fs::read_dir(data_dir.join("wal"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "wal")
-        })
-        .count();
     assert_eq!(
-        wal_segments, 0,
+        wal_segments(data_dir),
+        0,
         "every segment is released after its commit"
     );
 }
@@ -292,16 +297,7 @@ async fn a_tier_that_cannot_commit_keeps_its_segments_while_the_other_tier_goes_
     })
     .await;
     assert_eq!(raw_span_ids(&data_dir).len(), 30);
-    let pending = std::fs::read_dir(data_dir.join("wal"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "wal")
-        })
-        .count();
+    let pending = wal_segments(&data_dir);
     assert!(
         pending >= 1,
         "the segment stays in the WAL until both tiers commit it"

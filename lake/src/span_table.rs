@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use arrow::array::AsArray;
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, StringArray};
 use arrow::compute::{concat, concat_batches, interleave_record_batch};
 use arrow::row::{RowConverter, SortField};
 use delta_kernel::expressions::Scalar;
@@ -192,6 +192,17 @@ pub fn sort_for_lake(
 /// A partition's values: (`date`, `hour`).
 type PartitionKey<'a> = (&'a str, &'a str);
 
+/// The partition columns of a batch of the span table: (`date`, `hour`).
+fn partition_columns(batch: &RecordBatch) -> (&StringArray, &StringArray) {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("the span table has a {name} column"))
+            .as_string::<i32>()
+    };
+    (column(col::DATE), column(col::HOUR))
+}
+
 /// Merges batches of the span table into one whose rows are grouped by partition (hours in
 /// time order), each partition's rows in the order they are given: the input that
 /// [`SpanTable::append`] writes as it is. The collector's flush does this once per WAL
@@ -211,14 +222,7 @@ pub fn group_by_partition(
     let mut partitions: Vec<(PartitionKey<'_>, Vec<(usize, usize)>)> = Vec::new();
     let mut last = 0;
     for (b, batch) in batches.iter().enumerate() {
-        let date = batch
-            .column_by_name(col::DATE)
-            .expect("date")
-            .as_string::<i32>();
-        let hour = batch
-            .column_by_name(col::HOUR)
-            .expect("hour")
-            .as_string::<i32>();
+        let (date, hour) = partition_columns(batch);
         for row in 0..batch.num_rows() {
             let key = (date.value(row), hour.value(row));
             if partitions.get(last).is_none_or(|(k, _)| *k != key) {
@@ -245,14 +249,7 @@ pub fn group_by_partition(
 /// The (offset, length) of each run of equal partition values in a batch: one for a batch
 /// that lies in one hour, one per partition for a batch sorted by [`sort_for_lake`].
 fn partition_runs(batch: &RecordBatch) -> Vec<(usize, usize)> {
-    let date = batch
-        .column_by_name(col::DATE)
-        .expect("date")
-        .as_string::<i32>();
-    let hour = batch
-        .column_by_name(col::HOUR)
-        .expect("hour")
-        .as_string::<i32>();
+    let (date, hour) = partition_columns(batch);
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=batch.num_rows() {
@@ -273,14 +270,7 @@ fn partitions_are_contiguous(batch: &RecordBatch, runs: &[(usize, usize)]) -> bo
     if runs.len() <= 1 {
         return true;
     }
-    let date = batch
-        .column_by_name(col::DATE)
-        .expect("date")
-        .as_string::<i32>();
-    let hour = batch
-        .column_by_name(col::HOUR)
-        .expect("hour")
-        .as_string::<i32>();
+    let (date, hour) = partition_columns(batch);
     let mut keys: Vec<PartitionKey<'_>> = runs
         .iter()
         .map(|&(offset, _)| (date.value(offset), hour.value(offset)))

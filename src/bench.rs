@@ -64,6 +64,16 @@ enum Which {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
+    /// The redaction stage alone, one core, default rules, on the generator's traffic: the
+    /// figure (e) of `bench ingest`, for working on the redactor.
+    Redaction {
+        /// Runs to generate (about 10 spans each).
+        #[arg(long, default_value_t = 20_000)]
+        runs: u64,
+        /// Runs per export request, as in `bench ingest`.
+        #[arg(long, default_value_t = 80)]
+        runs_per_request: usize,
+    },
     /// Per-workflow metrics over a large generated lake: runledger against DuckDB on the same
     /// files with the same SQL.
     Query {
@@ -114,6 +124,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             runs_per_request,
             data_dir,
         } => ingest(runs, concurrency, runs_per_request, data_dir).await,
+        Which::Redaction {
+            runs,
+            runs_per_request,
+        } => {
+            let figures =
+                tokio::task::spawn_blocking(move || redaction_throughput(runs, runs_per_request))
+                    .await??;
+            println!("{}", figures.line());
+            Ok(ExitCode::SUCCESS)
+        }
         Which::Query {
             lake:
                 LakeArgs {
@@ -234,11 +254,7 @@ async fn ingest(
         redaction_throughput(runs.min(20_000), runs_per_request)
     })
     .await??;
-    println!(
-        "(e) redaction, one core:          {:>12.0} spans/s  {:.0} MB/s of string data ({:.0} MB/s of attribute values); normalising the same spans: {:.0} spans/s (ratio {:.2})",
-        redaction.spans_per_s, redaction.mb_per_s, redaction.attr_mb_per_s, redaction.normalize_spans_per_s,
-        redaction.spans_per_s / redaction.normalize_spans_per_s
-    );
+    println!("{}", redaction.line());
 
     let temp = tempfile::tempdir()?;
     let options = IngestRun {
@@ -434,6 +450,19 @@ struct RedactionFigures {
     mb_per_s: f64,
     attr_mb_per_s: f64,
     normalize_spans_per_s: f64,
+}
+
+impl RedactionFigures {
+    fn line(&self) -> String {
+        format!(
+            "(e) redaction, one core:          {:>12.0} spans/s  {:.0} MB/s of string data ({:.0} MB/s of attribute values); normalising the same spans: {:.0} spans/s (ratio {:.2})",
+            self.spans_per_s,
+            self.mb_per_s,
+            self.attr_mb_per_s,
+            self.normalize_spans_per_s,
+            self.spans_per_s / self.normalize_spans_per_s
+        )
+    }
 }
 
 /// The redaction stage alone with the default rules, on the generator's traffic normalised

@@ -391,3 +391,22 @@ fn the_ingest_benchmark_prints_every_figure_from_a_real_run() {
     assert!(dir.path().join("data/raw/spans/_delta_log").exists());
     assert!(dir.path().join("data/redacted/spans/_delta_log").exists());
 }
+
+#[test]
+fn the_redaction_benchmark_prints_its_throughput_and_baseline() {
+    let output = common::ok(common::runledger(
+        &[
+            "bench",
+            "redaction",
+            "--runs",
+            "200",
+            "--runs-per-request",
+            "20",
+        ],
+        &[],
+    ));
+    let spans = figure(&output, "(e) redaction", "one core:");
+    let megabytes = figure(&output, "(e) redaction", "spans/s");
+    let baseline = figure(&output, "(e) redaction", "normalising the same spans:");
+    assert!(spans > 0.0 && megabytes > 0.0 && baseline > 0.0, "{output}");
+}

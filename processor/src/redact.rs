@@ -30,7 +30,7 @@ use arrow::array::{
 };
 use arrow::error::ArrowError;
 use hmac::{Hmac, KeyInit, Mac};
-use regex_automata::meta::Regex as MetaRegex;
+use regex_automata::meta::{Cache as MetaCache, Regex as MetaRegex};
 use regex_automata::{Anchored, Input};
 use runledger_schemas::{col, conventions};
 use rustc_hash::FxHashMap;
@@ -66,6 +66,11 @@ struct KeyDecision {
 pub struct Redactor {
     /// One automaton over every detector's pattern; the pattern id says which matched.
     combined: Option<MetaRegex>,
+    /// Search caches of `combined` (its lazy DFA's states), one taken per batch. The
+    /// regex's own pool serves the thread that first used it cheaply and every other thread
+    /// through a lock per search: a batch makes about twenty searches per span, on several
+    /// threads.
+    caches: std::sync::Mutex<Vec<MetaCache>>,
     detectors: Vec<Detector>,
     /// Placeholder kinds, upper case; an index into this is a "kind".
     kinds: Vec<String>,
@@ -250,6 +255,7 @@ impl Redactor {
 
         Ok(Self {
             combined,
+            caches: std::sync::Mutex::new(Vec::new()),
             detectors,
             kinds,
             key_globs,
@@ -294,17 +300,39 @@ impl Redactor {
     /// Redacts one string with the detectors. `counts` (one slot per kind) is incremented
     /// for each value found.
     pub fn redact_str<'a>(&self, text: &'a str, counts: &mut [u32]) -> Cow<'a, str> {
-        match self.scan(text, counts, None) {
+        let edit = self.with_cache(|cache| self.scan(cache, text, counts, None));
+        match edit {
             Edit::Keep => Cow::Borrowed(text),
             Edit::Replace(s) => Cow::Owned(s),
             Edit::Drop => Cow::Owned(String::new()),
         }
     }
 
+    /// Calls `f` with a search cache of the combined automaton, taken from the redactor's
+    /// and given back after.
+    fn with_cache<R>(&self, f: impl FnOnce(&mut Option<MetaCache>) -> R) -> R {
+        let taken = self.caches.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut cache = taken.or_else(|| self.combined.as_ref().map(MetaRegex::create_cache));
+        let result = f(&mut cache);
+        if let Some(cache) = cache {
+            self.caches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(cache);
+        }
+        result
+    }
+
     /// Runs the detectors over `text`. `force` overrides every detector's action (run ids
     /// are always hashed, so that two runs never merge into one placeholder).
-    fn scan(&self, text: &str, counts: &mut [u32], force: Option<Action>) -> Edit {
-        let Some(combined) = &self.combined else {
+    fn scan(
+        &self,
+        cache: &mut Option<MetaCache>,
+        text: &str,
+        counts: &mut [u32],
+        force: Option<Action>,
+    ) -> Edit {
+        let (Some(combined), Some(cache)) = (&self.combined, cache) else {
             return Edit::Keep;
         };
         // JSON escapes glue a value to the letter before it (`"\n4111..."`: no word
@@ -319,6 +347,7 @@ impl Redactor {
         };
         let mut scan = Scan {
             combined,
+            cache,
             hay,
             text,
             counts,
@@ -349,7 +378,10 @@ impl Redactor {
         let hay = scan.hay;
         let mut at = from;
         while at < to {
-            let Some(m) = scan.combined.search(&Input::new(hay).range(at..to)) else {
+            let Some(m) = scan
+                .combined
+                .search_with(scan.cache, &Input::new(hay).range(at..to))
+            else {
                 break;
             };
             let start = m.start();
@@ -467,51 +499,63 @@ impl Redactor {
     /// key rules on the keys inside a JSON value).
     fn redact_value(
         &self,
+        cache: &mut Option<MetaCache>,
         decision: Option<&KeyDecision>,
         value: &str,
         counts: &mut [u32],
     ) -> Edit {
         match decision {
             Some(d) => self.apply_key_rule(d, value, counts),
-            None => self.redact_text_or_json(value, counts),
+            None => self.redact_text_or_json(cache, value, counts),
         }
     }
 
-    fn redact_text_or_json(&self, value: &str, counts: &mut [u32]) -> Edit {
+    fn redact_text_or_json(
+        &self,
+        cache: &mut Option<MetaCache>,
+        value: &str,
+        counts: &mut [u32],
+    ) -> Edit {
         let looks_like_json = matches!(value.trim_start().as_bytes().first(), Some(b'{' | b'['));
-        let key_rule_may_apply = match &self.key_literals {
+        // Only JSON is searched for the key rules' literals: most values are not JSON.
+        let key_rule_may_apply = || match &self.key_literals {
             Some(ac) => ac.is_match(value),
             None => true,
         };
-        if looks_like_json && key_rule_may_apply {
+        if looks_like_json && key_rule_may_apply() {
             if let Ok(mut json) = serde_json::from_str::<serde_json::Value>(value) {
-                return if self.redact_json(&mut json, counts) {
+                return if self.redact_json(cache, &mut json, counts) {
                     Edit::Replace(json.to_string())
                 } else {
                     Edit::Keep
                 };
             }
         }
-        self.scan(value, counts, None)
+        self.scan(cache, value, counts, None)
     }
 
     /// Walks a JSON value: key rules on object keys, detectors on keys, strings and numbers.
     /// Returns whether anything changed.
-    fn redact_json(&self, json: &mut serde_json::Value, counts: &mut [u32]) -> bool {
+    fn redact_json(
+        &self,
+        cache: &mut Option<MetaCache>,
+        json: &mut serde_json::Value,
+        counts: &mut [u32],
+    ) -> bool {
         use serde_json::Value;
         match json {
             Value::String(s) => {
-                let edit = self.scan(s, counts, None);
+                let edit = self.scan(cache, s, counts, None);
                 apply_to_json(json, edit)
             }
             Value::Number(n) => {
-                let edit = self.scan(&n.to_string(), counts, None);
+                let edit = self.scan(cache, &n.to_string(), counts, None);
                 apply_to_json(json, edit)
             }
             Value::Array(items) => {
                 let mut changed = false;
                 for item in items {
-                    changed |= self.redact_json(item, counts);
+                    changed |= self.redact_json(cache, item, counts);
                 }
                 changed
             }
@@ -519,7 +563,7 @@ impl Redactor {
                 let mut changed = false;
                 let entries = std::mem::take(map);
                 for (key, mut value) in entries {
-                    let new_key = match self.scan(&key, counts, None) {
+                    let new_key = match self.scan(cache, &key, counts, None) {
                         Edit::Keep => key.clone(),
                         Edit::Replace(r) => {
                             changed = true;
@@ -547,7 +591,7 @@ impl Redactor {
                             }
                             changed = true;
                         }
-                        None => changed |= self.redact_json(&mut value, counts),
+                        None => changed |= self.redact_json(cache, &mut value, counts),
                     }
                     map.insert(new_key, value);
                 }
@@ -561,6 +605,14 @@ impl Redactor {
     /// filled, and the totals by kind. Columns that nothing matched are shared, not copied.
     pub fn redact_batch(
         &self,
+        batch: &RecordBatch,
+    ) -> Result<(RecordBatch, RedactionTotals), ArrowError> {
+        self.with_cache(|cache| self.redact_batch_with(cache, batch))
+    }
+
+    fn redact_batch_with(
+        &self,
+        cache: &mut Option<MetaCache>,
         batch: &RecordBatch,
     ) -> Result<(RecordBatch, RedactionTotals), ArrowError> {
         let rows = batch.num_rows();
@@ -586,7 +638,7 @@ impl Redactor {
                 | col::HOUR
                 | col::REDACTIONS => None,
                 col::ATTRIBUTES | col::RESOURCE_ATTRIBUTES | col::SCOPE_ATTRIBUTES => {
-                    self.redact_map(column, &mut counts, &mut key_cache)?
+                    self.redact_map(cache, column, &mut counts, &mut key_cache)?
                 }
                 _ if field.data_type() == &arrow::datatypes::DataType::Utf8 => {
                     let rule = self
@@ -597,7 +649,8 @@ impl Redactor {
                         .filter(|d| d.action != Action::Allow);
                     let force = (name == col::RUN_ID).then_some(Action::Hash);
                     let json = matches!(name, col::EVENTS | col::LINKS);
-                    self.redact_strings(column, field.is_nullable(), rule, force, json, &mut counts)
+                    let options = (rule, force, json);
+                    self.redact_strings(cache, column, field.is_nullable(), options, &mut counts)
                 }
                 _ => None,
             };
@@ -642,11 +695,10 @@ impl Redactor {
     /// the detectors on each value. `None` when nothing changed.
     fn redact_strings(
         &self,
+        cache: &mut Option<MetaCache>,
         column: &ArrayRef,
         nullable: bool,
-        rule: Option<&KeyDecision>,
-        force: Option<Action>,
-        json: bool,
+        (rule, force, json): (Option<&KeyDecision>, Option<Action>, bool),
         counts: &mut [u32],
     ) -> Option<ArrayRef> {
         let strings = column.as_string::<i32>();
@@ -658,8 +710,8 @@ impl Redactor {
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
             let edit = memoized(&mut memo, value, value, row_counts, |counts| match rule {
                 Some(d) => self.apply_key_rule(d, value, counts),
-                None if json => self.redact_text_or_json(value, counts),
-                None => self.scan(value, counts, force),
+                None if json => self.redact_text_or_json(cache, value, counts),
+                None => self.scan(cache, value, counts, force),
             });
             match edit {
                 Edit::Keep => {}
@@ -690,6 +742,7 @@ impl Redactor {
     /// holds something a detector finds is redacted too.
     fn redact_map(
         &self,
+        search_cache: &mut Option<MetaCache>,
         column: &ArrayRef,
         counts: &mut [u32],
         cache: &mut FxHashMap<String, KeyInfo>,
@@ -707,7 +760,7 @@ impl Redactor {
             for entry in offsets[row] as usize..offsets[row + 1] as usize {
                 let key = keys.value(entry);
                 if !cache.contains_key(key) {
-                    let info = self.key_info(key);
+                    let info = self.key_info(search_cache, key);
                     cache.insert(key.to_string(), info);
                 }
                 let info = &cache[key];
@@ -720,7 +773,7 @@ impl Redactor {
                     let value = values.value(entry);
                     let decision = info.rule.map(|i| &self.key_decisions[i]);
                     memoized(&mut memo, (info.rule, value), value, row_counts, |counts| {
-                        self.redact_value(decision, value, counts)
+                        self.redact_value(search_cache, decision, value, counts)
                     })
                 };
                 let new_value = match edit {
@@ -767,9 +820,9 @@ impl Redactor {
         Ok(Some(array))
     }
 
-    fn key_info(&self, key: &str) -> KeyInfo {
+    fn key_info(&self, cache: &mut Option<MetaCache>, key: &str) -> KeyInfo {
         let mut kind_counts = vec![0u32; self.kinds.len()];
-        let redacted_key = match self.scan(key, &mut kind_counts, None) {
+        let redacted_key = match self.scan(cache, key, &mut kind_counts, None) {
             Edit::Keep => None,
             Edit::Replace(s) => Some(s),
             Edit::Drop => Some("<REDACTED>".to_string()),
@@ -832,6 +885,7 @@ fn memoized<K: std::hash::Hash + Eq>(
 /// One scan of one string: its haystack (escapes blanked), the original, and what was found.
 struct Scan<'s, 'c> {
     combined: &'s MetaRegex,
+    cache: &'c mut MetaCache,
     hay: &'s str,
     text: &'s str,
     counts: &'c mut [u32],

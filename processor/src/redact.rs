@@ -31,6 +31,7 @@ use arrow::array::{
 use arrow::error::ArrowError;
 use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::{Cache as MetaCache, Regex as MetaRegex};
+use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input};
 use runledger_schemas::{col, conventions};
 use rustc_hash::FxHashMap;
@@ -39,6 +40,9 @@ use sha2::Sha256;
 pub use config::{Action, CustomRule, KeyRule, RedactionConfig, DEFAULT_SECRET_KEYS};
 
 use detectors::{Validator, BUILTINS};
+
+/// Makes a search cache of the combined automaton for the redactor's pool.
+type CacheFn = Box<dyn Fn() -> MetaCache + Send + Sync>;
 
 /// Hex characters of the HMAC kept in a hash token: 64 bits, enough for joins and distinct
 /// counts over any realistic number of values.
@@ -64,13 +68,13 @@ struct KeyDecision {
 
 /// The compiled rules. Cheap to share: the flusher holds it in an `Arc`.
 pub struct Redactor {
-    /// One automaton over every detector's pattern; the pattern id says which matched.
-    combined: Option<MetaRegex>,
-    /// Search caches of `combined` (its lazy DFA's states), one taken per batch. The
-    /// regex's own pool serves the thread that first used it cheaply and every other thread
-    /// through a lock per search: a batch makes about twenty searches per span, on several
-    /// threads.
-    caches: std::sync::Mutex<Vec<MetaCache>>,
+    /// One automaton over every detector's pattern; the pattern id says which matched (with
+    /// no pattern, it never matches).
+    combined: MetaRegex,
+    /// Search caches of `combined` (its lazy DFA's states), one taken per batch. The regex's
+    /// own pool serves the thread that first used it cheaply and every other thread through
+    /// a lock per search: a batch makes about twenty searches per span, on several threads.
+    caches: Pool<MetaCache, CacheFn>,
     detectors: Vec<Detector>,
     /// Placeholder kinds, upper case; an index into this is a "kind".
     kinds: Vec<String>,
@@ -90,6 +94,17 @@ pub struct Redactor {
 pub struct RedactionTotals {
     /// `(kind, count)` for every kind with a non-zero count.
     pub by_kind: Vec<(String, u64)>,
+}
+
+/// How a string column is redacted.
+#[derive(Clone, Copy)]
+enum ColumnRedaction<'a> {
+    /// The column is derived from a key with a rule: the rule applies to every value.
+    KeyRule(&'a KeyDecision),
+    /// The column holds JSON (events, links): key rules inside it, detectors on the rest.
+    TextOrJson,
+    /// The detectors, their action overridden when `Some` (run ids are always hashed).
+    Detectors(Option<Action>),
 }
 
 #[derive(Clone)]
@@ -161,15 +176,13 @@ impl Redactor {
             });
             patterns.push(rule.pattern.clone());
         }
-        let combined = if patterns.is_empty() {
-            None
-        } else {
-            Some(
-                MetaRegex::builder()
-                    .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
-                    .build_many(&patterns)
-                    .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?,
-            )
+        let combined = MetaRegex::builder()
+            .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
+            .build_many(&patterns)
+            .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?;
+        let caches = {
+            let combined = combined.clone();
+            Pool::new(Box::new(move || combined.create_cache()) as CacheFn)
         };
 
         // Key rules: the user's first, then customer ids (hashed), then secret-naming keys.
@@ -255,7 +268,7 @@ impl Redactor {
 
         Ok(Self {
             combined,
-            caches: std::sync::Mutex::new(Vec::new()),
+            caches,
             detectors,
             kinds,
             key_globs,
@@ -309,32 +322,20 @@ impl Redactor {
     }
 
     /// Calls `f` with a search cache of the combined automaton, taken from the redactor's
-    /// and given back after.
-    fn with_cache<R>(&self, f: impl FnOnce(&mut Option<MetaCache>) -> R) -> R {
-        let taken = self.caches.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut cache = taken.or_else(|| self.combined.as_ref().map(MetaRegex::create_cache));
-        let result = f(&mut cache);
-        if let Some(cache) = cache {
-            self.caches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(cache);
-        }
-        result
+    /// pool and given back after.
+    fn with_cache<R>(&self, f: impl FnOnce(&mut MetaCache) -> R) -> R {
+        f(&mut self.caches.get())
     }
 
     /// Runs the detectors over `text`. `force` overrides every detector's action (run ids
     /// are always hashed, so that two runs never merge into one placeholder).
     fn scan(
         &self,
-        cache: &mut Option<MetaCache>,
+        cache: &mut MetaCache,
         text: &str,
         counts: &mut [u32],
         force: Option<Action>,
     ) -> Edit {
-        let (Some(combined), Some(cache)) = (&self.combined, cache) else {
-            return Edit::Keep;
-        };
         // JSON escapes glue a value to the letter before it (`"\n4111..."`: no word
         // boundary between `n` and `4`). Detection runs over a copy of the same length whose
         // escape letters are spaces; the edits apply to the original at the same offsets.
@@ -346,7 +347,7 @@ impl Redactor {
             text
         };
         let mut scan = Scan {
-            combined,
+            combined: &self.combined,
             cache,
             hay,
             text,
@@ -499,7 +500,7 @@ impl Redactor {
     /// key rules on the keys inside a JSON value).
     fn redact_value(
         &self,
-        cache: &mut Option<MetaCache>,
+        cache: &mut MetaCache,
         decision: Option<&KeyDecision>,
         value: &str,
         counts: &mut [u32],
@@ -510,12 +511,7 @@ impl Redactor {
         }
     }
 
-    fn redact_text_or_json(
-        &self,
-        cache: &mut Option<MetaCache>,
-        value: &str,
-        counts: &mut [u32],
-    ) -> Edit {
+    fn redact_text_or_json(&self, cache: &mut MetaCache, value: &str, counts: &mut [u32]) -> Edit {
         let looks_like_json = matches!(value.trim_start().as_bytes().first(), Some(b'{' | b'['));
         // Only JSON is searched for the key rules' literals: most values are not JSON.
         let key_rule_may_apply = || match &self.key_literals {
@@ -538,7 +534,7 @@ impl Redactor {
     /// Returns whether anything changed.
     fn redact_json(
         &self,
-        cache: &mut Option<MetaCache>,
+        cache: &mut MetaCache,
         json: &mut serde_json::Value,
         counts: &mut [u32],
     ) -> bool {
@@ -612,7 +608,7 @@ impl Redactor {
 
     fn redact_batch_with(
         &self,
-        cache: &mut Option<MetaCache>,
+        cache: &mut MetaCache,
         batch: &RecordBatch,
     ) -> Result<(RecordBatch, RedactionTotals), ArrowError> {
         let rows = batch.num_rows();
@@ -647,10 +643,16 @@ impl Redactor {
                         .find(|(c, _)| *c == name)
                         .and_then(|(_, keys)| keys.iter().find_map(|k| self.key_rule(k)))
                         .filter(|d| d.action != Action::Allow);
-                    let force = (name == col::RUN_ID).then_some(Action::Hash);
-                    let json = matches!(name, col::EVENTS | col::LINKS);
-                    let options = (rule, force, json);
-                    self.redact_strings(cache, column, field.is_nullable(), options, &mut counts)
+                    let how = match rule {
+                        Some(d) => ColumnRedaction::KeyRule(d),
+                        None if matches!(name, col::EVENTS | col::LINKS) => {
+                            ColumnRedaction::TextOrJson
+                        }
+                        None => ColumnRedaction::Detectors(
+                            (name == col::RUN_ID).then_some(Action::Hash),
+                        ),
+                    };
+                    self.redact_strings(cache, column, field.is_nullable(), how, &mut counts)
                 }
                 _ => None,
             };
@@ -695,10 +697,10 @@ impl Redactor {
     /// the detectors on each value. `None` when nothing changed.
     fn redact_strings(
         &self,
-        cache: &mut Option<MetaCache>,
+        cache: &mut MetaCache,
         column: &ArrayRef,
         nullable: bool,
-        (rule, force, json): (Option<&KeyDecision>, Option<Action>, bool),
+        how: ColumnRedaction<'_>,
         counts: &mut [u32],
     ) -> Option<ArrayRef> {
         let strings = column.as_string::<i32>();
@@ -708,10 +710,10 @@ impl Redactor {
         for (row, value) in strings.iter().enumerate() {
             let Some(value) = value else { continue };
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
-            let edit = memoized(&mut memo, value, value, row_counts, |counts| match rule {
-                Some(d) => self.apply_key_rule(d, value, counts),
-                None if json => self.redact_text_or_json(cache, value, counts),
-                None => self.scan(cache, value, counts, force),
+            let edit = memoized(&mut memo, value, value, row_counts, |counts| match how {
+                ColumnRedaction::KeyRule(d) => self.apply_key_rule(d, value, counts),
+                ColumnRedaction::TextOrJson => self.redact_text_or_json(cache, value, counts),
+                ColumnRedaction::Detectors(force) => self.scan(cache, value, counts, force),
             });
             match edit {
                 Edit::Keep => {}
@@ -742,7 +744,7 @@ impl Redactor {
     /// holds something a detector finds is redacted too.
     fn redact_map(
         &self,
-        search_cache: &mut Option<MetaCache>,
+        search_cache: &mut MetaCache,
         column: &ArrayRef,
         counts: &mut [u32],
         cache: &mut FxHashMap<String, KeyInfo>,
@@ -820,7 +822,7 @@ impl Redactor {
         Ok(Some(array))
     }
 
-    fn key_info(&self, cache: &mut Option<MetaCache>, key: &str) -> KeyInfo {
+    fn key_info(&self, cache: &mut MetaCache, key: &str) -> KeyInfo {
         let mut kind_counts = vec![0u32; self.kinds.len()];
         let redacted_key = match self.scan(cache, key, &mut kind_counts, None) {
             Edit::Keep => None,

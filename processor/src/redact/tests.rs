@@ -686,6 +686,30 @@ fn keyed_hashes_are_stable_and_keyed() {
 }
 
 #[test]
+fn with_every_detector_allowed_only_key_rules_redact() {
+    let mut config = RedactionConfig::default();
+    for builtin in BUILTINS {
+        config
+            .actions
+            .insert(builtin.name.to_string(), Action::Allow);
+    }
+    let r = Redactor::new(&config, &[], b"k").unwrap();
+    let text = "mail a@b.co from 10.0.0.1, card 4111 1111 1111 1111";
+    assert_eq!(redact(&r, text), text);
+
+    let mut request = request_carrying(&[text.to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    attrs.push(kv("db.password", sv("hunter2")));
+    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
+    let all = all_text(&batch);
+    assert!(all.contains(text), "{all}");
+    assert!(
+        !all.contains("hunter2"),
+        "the key rule still applies: {all}"
+    );
+}
+
+#[test]
 fn actions_key_rules_and_custom_rules_from_config() {
     let config: RedactionConfig = toml::from_str(
         r#"

@@ -101,6 +101,8 @@ impl Lake {
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.bloom_filter_on_read", true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udaf(crate::string_extremes::max());
+        ctx.register_udaf(crate::string_extremes::min());
         let mut found = Vec::new();
         for (tier, table) in tables {
             if tier == Tier::Raw && !with_raw {

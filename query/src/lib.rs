@@ -26,6 +26,7 @@ mod rows;
 pub mod run_index;
 pub mod runs;
 pub mod sql_guard;
+mod string_extremes;
 pub mod web;
 mod window;
 

@@ -959,9 +959,15 @@ fn ceil_char(text: &str, mut at: usize) -> usize {
     at
 }
 
-/// The longest run of literal characters in a glob, lower case: `*api_key*` -> `api_key`.
+/// The longest run of literal characters in a glob, lower case: `*api_key*` -> `api_key`;
+/// every key the glob matches contains it. Empty for a glob with alternatives (`{a,b}`: no
+/// literal is shared by both), a character class (`[abc]` is one character, not a literal)
+/// or an escape: the caller then parses every JSON value for that rule.
 fn longest_literal(glob: &str) -> String {
-    glob.split(['*', '?', '[', ']', '{', '}', ','])
+    if glob.contains(['[', ']', '{', '}', '\\']) {
+        return String::new();
+    }
+    glob.split(['*', '?'])
         .max_by_key(|s| s.len())
         .unwrap_or("")
         .to_ascii_lowercase()

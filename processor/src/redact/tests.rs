@@ -777,6 +777,65 @@ fn key_rules_apply_inside_json_values() {
     assert!(text.contains("<SECRET>"));
 }
 
+/// Key rules apply inside JSON values whatever their glob: the literal search that decides
+/// whether a JSON value is parsed for its keys takes a glob's literal only where every key it
+/// matches contains that literal, so a rule with alternatives (`{otp,pin}`) or a character
+/// class (`x[0-9a-f]`) has the value parsed. A value that only mentions a secret key's word
+/// keeps its text (its email hashed); one whose key matches a rule has that value masked.
+#[test]
+fn key_rules_of_any_glob_apply_inside_json_values() {
+    let config: RedactionConfig = toml::from_str(
+        r#"
+        [[keys]]
+        pattern = "{otp,pin}"
+        action = "mask"
+        kind = "code"
+        [[keys]]
+        pattern = "x[0-9a-f]"
+        action = "mask"
+        kind = "code"
+        "#,
+    )
+    .unwrap();
+    let r = Redactor::new(&config, &[], b"k").unwrap();
+    let values = [
+        (
+            "a.mention",
+            r#"{"note":"the password of ann@example.com"}"#.to_string(),
+        ),
+        (
+            "a.keyed",
+            r#"{"note":"hi","db_password" : "hunter2"}"#.to_string(),
+        ),
+        ("a.otp", r#"{"otp":"plain words","n":1}"#.to_string()),
+        ("a.pin", r#"{"pin":"plain words","n":1}"#.to_string()),
+        ("a.class", r#"{"x7":"plain words","n":1}"#.to_string()),
+    ];
+    let mut request = request_carrying(&["plain".to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    for (key, value) in &values {
+        attrs.push(kv(key, sv(value)));
+    }
+    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
+    let text = all_text(&batch);
+    assert!(
+        text.contains(r#"a.mention: {"note":"the password of <EMAIL:"#),
+        "{text}"
+    );
+    assert!(!text.contains("ann@example.com"), "{text}");
+    assert!(
+        !text.contains("hunter2") && text.contains("<SECRET>"),
+        "{text}"
+    );
+    assert!(!text.contains("plain words"), "{text}");
+    for key in ["otp", "pin", "x7"] {
+        assert!(
+            text.contains(&format!(r#""{key}":"<CODE>""#)),
+            "{key}: {text}"
+        );
+    }
+}
+
 #[test]
 fn the_summary_counts_kinds_and_names_no_value_or_key() {
     let r = redactor();

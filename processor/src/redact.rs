@@ -842,8 +842,6 @@ impl Redactor {
     }
 }
 
-/// What the redactor decided about one attribute key, cached per batch: keys repeat on
-/// every span.
 /// Values at least this long are redacted once per batch and the answer reused: agents
 /// resend the same system instructions, tool definitions and retrieved documents with every
 /// model call, and scanning them again is most of what redaction costs on such traffic.
@@ -896,6 +894,8 @@ struct Scan<'s, 'c> {
     edits: Vec<(std::ops::Range<usize>, String)>,
 }
 
+/// What the redactor decided about one attribute key, cached per batch: keys repeat on
+/// every span.
 struct KeyInfo {
     rule: Option<usize>,
     redacted_key: Option<String>,

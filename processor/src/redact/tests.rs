@@ -528,6 +528,18 @@ fn normalized(request: &ExportTraceServiceRequest) -> RecordBatch {
         .expect("one span")
 }
 
+/// The text of a redacted batch of one span that carries `attributes` (string values) besides
+/// the usual ones.
+fn redacted_with_attributes(r: &Redactor, attributes: &[(&str, &str)]) -> String {
+    let mut request = request_carrying(&["plain".to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    for (key, value) in attributes {
+        attrs.push(kv(key, sv(value)));
+    }
+    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
+    all_text(&batch)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -740,15 +752,16 @@ fn actions_key_rules_and_custom_rules_from_config() {
     assert_eq!(redact(&r, "by EMP-123456"), "by <EMPLOYEE_ID>");
     assert!(redact(&r, "see CT/2024/AB").starts_with("see <CONTRACT:"));
 
-    let mut request = request_carrying(&["plain".to_string()]);
-    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
-    attrs.push(kv("internal.note", sv("anything")));
-    attrs.push(kv("debug.ip", sv("call +44 20 7946 0958")));
-    attrs.push(kv("phone.note", sv("call +44 20 7946 0958")));
-    attrs.push(kv("x-tenant", sv("acme")));
-    attrs.push(kv("db.password", sv("plain words")));
-    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
-    let text = all_text(&batch);
+    let text = redacted_with_attributes(
+        &r,
+        &[
+            ("internal.note", "anything"),
+            ("debug.ip", "call +44 20 7946 0958"),
+            ("phone.note", "call +44 20 7946 0958"),
+            ("x-tenant", "acme"),
+            ("db.password", "plain words"),
+        ],
+    );
     assert!(!text.contains("internal.note"), "dropped by key rule");
     assert!(
         text.contains("debug.ip: call +44 20 7946 0958"),
@@ -764,15 +777,13 @@ fn actions_key_rules_and_custom_rules_from_config() {
 
 #[test]
 fn key_rules_apply_inside_json_values() {
-    let r = redactor();
-    let mut request = request_carrying(&["plain".to_string()]);
-    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
-    attrs.push(kv(
-        "gen_ai.tool.call.arguments",
-        sv(r#"{"user":"bob","credentials":{"Password":"correct horse battery staple"},"n":1}"#),
-    ));
-    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
-    let text = all_text(&batch);
+    let text = redacted_with_attributes(
+        &redactor(),
+        &[(
+            "gen_ai.tool.call.arguments",
+            r#"{"user":"bob","credentials":{"Password":"correct horse battery staple"},"n":1}"#,
+        )],
+    );
     assert!(!text.contains("correct horse"));
     assert!(text.contains("<SECRET>"));
 }
@@ -798,26 +809,16 @@ fn key_rules_of_any_glob_apply_inside_json_values() {
     )
     .unwrap();
     let r = Redactor::new(&config, &[], b"k").unwrap();
-    let values = [
-        (
-            "a.mention",
-            r#"{"note":"the password of ann@example.com"}"#.to_string(),
-        ),
-        (
-            "a.keyed",
-            r#"{"note":"hi","db_password" : "hunter2"}"#.to_string(),
-        ),
-        ("a.otp", r#"{"otp":"plain words","n":1}"#.to_string()),
-        ("a.pin", r#"{"pin":"plain words","n":1}"#.to_string()),
-        ("a.class", r#"{"x7":"plain words","n":1}"#.to_string()),
-    ];
-    let mut request = request_carrying(&["plain".to_string()]);
-    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
-    for (key, value) in &values {
-        attrs.push(kv(key, sv(value)));
-    }
-    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
-    let text = all_text(&batch);
+    let text = redacted_with_attributes(
+        &r,
+        &[
+            ("a.mention", r#"{"note":"the password of ann@example.com"}"#),
+            ("a.keyed", r#"{"note":"hi","db_password" : "hunter2"}"#),
+            ("a.otp", r#"{"otp":"plain words","n":1}"#),
+            ("a.pin", r#"{"pin":"plain words","n":1}"#),
+            ("a.class", r#"{"x7":"plain words","n":1}"#),
+        ],
+    );
     assert!(
         text.contains(r#"a.mention: {"note":"the password of <EMAIL:"#),
         "{text}"

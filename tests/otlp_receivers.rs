@@ -333,6 +333,82 @@ async fn overload_is_answered_with_the_retryable_status_and_nothing_is_lost() {
     assert_eq!(ids, vec![format!("{:016x}", 1)]);
 }
 
+/// Each thread of `pid` by name, with its nice value (`/proc/<pid>/task/<tid>/stat`).
+#[cfg(target_os = "linux")]
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // After the command name in parentheses: state is field 3, nice field 19.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        threads.push((comm.trim().to_string(), fields[16].parse().unwrap()));
+    }
+    threads
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiving_threads_yield_the_cpu_to_the_flusher_and_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = Server::start(&data_dir, "[ingest]\nreceiver_nice = 4\n");
+    let pid = server.child.id();
+    let before = thread_nice_values(pid);
+    let base = before
+        .iter()
+        .find(|(name, _)| name == "runledger-wal")
+        .expect("a WAL thread")
+        .1;
+    assert!(
+        before.iter().all(|(_, nice)| *nice == base),
+        "before any export every thread has the process's priority: {before:?}"
+    );
+    // Exports over both receivers, answered: some receiving thread has handled each.
+    for id in 1..=4 {
+        let payload = request(vec![span(7, id, vec![])]).encode_to_vec();
+        raw_grpc::export(&server.grpc_endpoint(), payload, false)
+            .await
+            .unwrap();
+    }
+    let payload = request(vec![span(7, 5, vec![])]).encode_to_vec();
+    let response = post(&server.http_url(), "application/x-protobuf", None, payload).await;
+    assert_eq!(response.status(), 200);
+
+    let after = thread_nice_values(pid);
+    let lowered: Vec<_> = after.iter().filter(|(_, nice)| *nice == base + 4).collect();
+    assert!(
+        !lowered.is_empty(),
+        "the threads that received the exports run 4 nice levels lower: {after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|(_, nice)| *nice == base || *nice == base + 4),
+        "{after:?}"
+    );
+    for (name, nice) in &after {
+        if name.starts_with("runledger-flush") || name == "runledger-wal" {
+            assert_eq!(
+                *nice, base,
+                "{name} keeps the process's priority: {after:?}"
+            );
+        }
+    }
+    assert!(after
+        .iter()
+        .any(|(name, _)| name.starts_with("runledger-flush")));
+    assert!(server.stop().success());
+    assert_eq!(common::raw_span_ids(&data_dir).len(), 5);
+}
+
 /// The figure after `label` on the line that starts with `line_start`, as a number.
 fn figure(output: &str, line_start: &str, label: &str) -> f64 {
     let line = output
@@ -372,10 +448,12 @@ fn the_ingest_benchmark_prints_every_figure_from_a_real_run() {
         figure(&output, "(a) decode-only", "one core:") > 0.0,
         "{output}"
     );
-    let both = figure(&output, "(b) end to end", "(redaction on):");
-    let raw = figure(&output, "end to end, raw tier only", "(no redaction):");
-    assert!(both > 0.0 && raw > 0.0, "{output}");
-    let server = figure(&output, "(b) end to end", "server CPU");
+    assert!(output.contains("(b) end to end"), "{output}");
+    let both = figure(&output, "raw + redacted tiers", "(redaction on):");
+    let raw = figure(&output, "raw tier only", "(no redaction):");
+    let backfill = figure(&output, "backfill", "raw tier only:");
+    assert!(both > 0.0 && raw > 0.0 && backfill > 0.0, "{output}");
+    let server = figure(&output, "raw + redacted tiers", "server CPU");
     let exporters = figure(&output, "CPU, raw + redacted", "gRPC client)");
     let busy = figure(&output, "CPU, raw + redacted", "kept");
     assert!(server > 0.0 && exporters > 0.0, "{output}");

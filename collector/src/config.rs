@@ -38,6 +38,13 @@ pub struct IngestConfig {
     /// The retry delay suggested to clients when overloaded (RetryInfo / Retry-After), in
     /// seconds. Default 1.
     pub retry_after_seconds: u64,
+    /// How much lower than the flusher the receivers' threads are scheduled: a nice increment
+    /// (0-19) applied to each thread the first time it handles an export. When the CPU is
+    /// contended, the flusher, which turns the WAL into Parquet and frees the memory budget,
+    /// then runs first and its backlog stays short, instead of growing while the receivers
+    /// accept more; the exporters see slower answers (and, once the budget is spent, the
+    /// overload status). 0 schedules them alike. Default 5.
+    pub receiver_nice: i32,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +54,7 @@ impl Default for IngestConfig {
             memory_limit_bytes: 512 * 1024 * 1024,
             max_inflight_requests: 64,
             retry_after_seconds: 1,
+            receiver_nice: 5,
         }
     }
 }
@@ -61,6 +69,12 @@ impl IngestConfig {
         }
         if self.max_inflight_requests == 0 {
             return Err("ingest.max_inflight_requests must be positive".into());
+        }
+        if !(0..=19).contains(&self.receiver_nice) {
+            return Err(format!(
+                "ingest.receiver_nice must be between 0 and 19, got {}",
+                self.receiver_nice
+            ));
         }
         Ok(())
     }

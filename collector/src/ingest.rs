@@ -133,11 +133,14 @@ impl Ingest {
     ) -> Result<ExportOutcome, IngestError> {
         CollectorMetrics::add(&self.metrics.requests, 1);
         CollectorMetrics::add(&self.metrics.bytes_received, payload_bytes as u64);
+        let nice = self.config.receiver_nice;
+        lower_thread_priority_once(nice);
         if request.is_empty() {
             return Ok(ExportOutcome::default());
         }
         let normalizer = self.normalizer.clone();
         let (normalized, payload) = tokio::task::spawn_blocking(move || {
+            lower_thread_priority_once(nice);
             let normalized = normalizer.normalize_wire(&request, SystemTime::now())?;
             let payload = normalized.batch.as_ref().map(encode_batch);
             Ok::<_, runledger_processor::WireError>((normalized, payload))
@@ -184,6 +187,32 @@ impl Ingest {
     /// Seals the WAL and stops its writer; later exports fail as unavailable.
     pub(crate) fn close_wal(&self) {
         self.wal.close();
+    }
+}
+
+/// Lowers the calling thread's scheduling priority by `increment` (a nice increment), once
+/// per thread: the threads that receive and normalise exports yield the CPU to the flusher's
+/// and the WAL's, which are started before any export and keep the process's priority
+/// (`ingest.receiver_nice`). On Linux the nice value belongs to the thread; a failure (a
+/// limit on niceness) leaves the thread as it was.
+fn lower_thread_priority_once(increment: i32) {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if increment == 0 || LOWERED.get() {
+        return;
+    }
+    LOWERED.set(true);
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: nice(2) takes an integer and changes only the calling thread's nice value.
+        let result = unsafe { libc::nice(increment) };
+        if result == -1 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "lowering a receiver thread's priority"
+            );
+        }
     }
 }
 

@@ -205,9 +205,14 @@ fn lower_thread_priority_once(increment: i32) {
     LOWERED.set(true);
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: nice(2) takes an integer and changes only the calling thread's nice value.
-        let result = unsafe { libc::nice(increment) };
-        if result == -1 {
+        // nice(2) may return -1 as the new nice value: only errno tells a failure.
+        // SAFETY: errno is this thread's; nice(2) takes an integer and changes only the
+        // calling thread's nice value.
+        let failed = unsafe {
+            *libc::__errno_location() = 0;
+            libc::nice(increment) == -1 && *libc::__errno_location() != 0
+        };
+        if failed {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
                 "lowering a receiver thread's priority"

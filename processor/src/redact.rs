@@ -24,7 +24,6 @@ use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use aho_corasick::AhoCorasick;
 use arrow::array::{
     Array, ArrayRef, AsArray, Int32Builder, MapArray, MapBuilder, RecordBatch, StringBuilder,
 };
@@ -68,8 +67,8 @@ struct KeyDecision {
 
 /// The compiled rules. Cheap to share: the flusher holds it in an `Arc`.
 pub struct Redactor {
-    /// One automaton over every detector's pattern; the pattern id says which matched (with
-    /// no pattern, it never matches).
+    /// One automaton over every detector's pattern, then the literals of the key rules
+    /// (markers); the pattern id says which matched (with no pattern, it never matches).
     combined: MetaRegex,
     /// Search caches of `combined` (its lazy DFA's states), one taken per batch. The regex's
     /// own pool serves the thread that first used it cheaply and every other thread through
@@ -80,9 +79,10 @@ pub struct Redactor {
     kinds: Vec<String>,
     key_globs: globset::GlobSet,
     key_decisions: Vec<KeyDecision>,
-    /// Literals of the key rules: a JSON value is parsed to apply key rules to its keys only
-    /// when one of them occurs in it. `None`: some rule has no literal, always parse.
-    key_literals: Option<AhoCorasick>,
+    /// Whether the combined automaton carries the key rules' literals as markers after the
+    /// detectors. A JSON value is parsed, to apply key rules to its keys, only when the scan
+    /// meets a marker in it; without markers (some rule has no literal) it is always parsed.
+    key_markers: bool,
     mac: Hmac<Sha256>,
     /// Typed columns filled from attributes, with the keys they come from: a key rule on one
     /// of those keys applies to the column too.
@@ -176,15 +176,6 @@ impl Redactor {
             });
             patterns.push(rule.pattern.clone());
         }
-        let combined = MetaRegex::builder()
-            .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
-            .build_many(&patterns)
-            .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?;
-        let caches = {
-            let combined = combined.clone();
-            Pool::new(Box::new(move || combined.create_cache()) as CacheFn)
-        };
-
         // Key rules: the user's first, then customer ids (hashed), then secret-naming keys.
         let mut rules: Vec<(String, Action, usize)> = Vec::new();
         for rule in &config.keys {
@@ -223,15 +214,24 @@ impl Redactor {
         let key_globs = globs
             .build()
             .map_err(|e| RedactionConfigError(format!("key rules: {e}")))?;
-        let key_literals = if every_rule_has_literal {
-            Some(
-                AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .build(&literals)
-                    .map_err(|e| RedactionConfigError(format!("key rule literals: {e}")))?,
-            )
-        } else {
-            None
+        // The markers ride on the detectors' scan, so a JSON value is read once, not once
+        // for the literals and again for the detectors. They come last: where a detector
+        // matches at the same place, the detector wins.
+        let key_markers = every_rule_has_literal;
+        if key_markers {
+            patterns.extend(
+                literals
+                    .iter()
+                    .map(|l| format!("(?i:{})", regex::escape(l))),
+            );
+        }
+        let combined = MetaRegex::builder()
+            .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
+            .build_many(&patterns)
+            .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?;
+        let caches = {
+            let combined = combined.clone();
+            Pool::new(Box::new(move || combined.create_cache()) as CacheFn)
         };
         let key_decisions = rules
             .into_iter()
@@ -273,7 +273,7 @@ impl Redactor {
             kinds,
             key_globs,
             key_decisions,
-            key_literals,
+            key_markers,
             mac,
             column_keys,
         })
@@ -336,6 +336,20 @@ impl Redactor {
         counts: &mut [u32],
         force: Option<Action>,
     ) -> Edit {
+        self.scan_until_marker(cache, text, counts, force, false)
+            .unwrap_or(Edit::Keep)
+    }
+
+    /// [`Self::scan`], which with `stop_at_marker` gives up at the first literal of a key
+    /// rule, counting nothing, and returns `None`: the caller then reads the value as JSON.
+    fn scan_until_marker(
+        &self,
+        cache: &mut MetaCache,
+        text: &str,
+        counts: &mut [u32],
+        force: Option<Action>,
+        stop_at_marker: bool,
+    ) -> Option<Edit> {
         // JSON escapes glue a value to the letter before it (`"\n4111..."`: no word
         // boundary between `n` and `4`). Detection runs over a copy of the same length whose
         // escape letters are spaces; the edits apply to the original at the same offsets.
@@ -353,13 +367,22 @@ impl Redactor {
             text,
             counts,
             force,
+            stop_at_marker,
+            stopped_at_marker: false,
+            found: Vec::new(),
             edits: Vec::new(),
         };
         if self.scan_range(&mut scan, 0, text.len()).is_break() {
-            return Edit::Drop;
+            if !scan.stopped_at_marker {
+                return Some(Edit::Drop);
+            }
+            for &kind in &scan.found {
+                scan.counts[kind] -= 1;
+            }
+            return None;
         }
         if scan.edits.is_empty() {
-            return Edit::Keep;
+            return Some(Edit::Keep);
         }
         let mut out = String::with_capacity(text.len());
         let mut copied = 0;
@@ -369,7 +392,7 @@ impl Redactor {
             copied = range.end;
         }
         out.push_str(&text[copied..]);
-        Edit::Replace(out)
+        Some(Edit::Replace(out))
     }
 
     /// Finds what the detectors redact in `from..to` of the haystack (matches end by `to`;
@@ -387,6 +410,15 @@ impl Redactor {
             };
             let start = m.start();
             let first = m.pattern().as_usize();
+            if first >= self.detectors.len() {
+                // A key rule's literal: no detector matches here (it would have won).
+                if scan.stop_at_marker {
+                    scan.stopped_at_marker = true;
+                    return ControlFlow::Break(());
+                }
+                at = ceil_char(hay, next_char(hay, start));
+                continue;
+            }
             let hit = self.confirm(hay, first, start, m.end(), to).or_else(|| {
                 // The pattern that matched here did not validate: another may.
                 (0..self.detectors.len())
@@ -403,6 +435,7 @@ impl Redactor {
                     }
                     let detector = &self.detectors[i];
                     scan.counts[detector.kind] += 1;
+                    scan.found.push(detector.kind);
                     let action = scan.force.unwrap_or(detector.action);
                     if action == Action::Drop {
                         return ControlFlow::Break(());
@@ -501,33 +534,45 @@ impl Redactor {
     fn redact_value(
         &self,
         cache: &mut MetaCache,
+        keys: &mut KeyCache,
         decision: Option<&KeyDecision>,
         value: &str,
         counts: &mut [u32],
     ) -> Edit {
         match decision {
             Some(d) => self.apply_key_rule(d, value, counts),
-            None => self.redact_text_or_json(cache, value, counts),
+            None => self.redact_text_or_json(cache, keys, value, counts),
         }
     }
 
-    fn redact_text_or_json(&self, cache: &mut MetaCache, value: &str, counts: &mut [u32]) -> Edit {
+    fn redact_text_or_json(
+        &self,
+        cache: &mut MetaCache,
+        keys: &mut KeyCache,
+        value: &str,
+        counts: &mut [u32],
+    ) -> Edit {
         let looks_like_json = matches!(value.trim_start().as_bytes().first(), Some(b'{' | b'['));
-        // Only JSON is searched for the key rules' literals: most values are not JSON.
-        let key_rule_may_apply = || match &self.key_literals {
-            Some(ac) => ac.is_match(value),
-            None => true,
-        };
-        if looks_like_json && key_rule_may_apply() {
-            if let Ok(mut json) = serde_json::from_str::<serde_json::Value>(value) {
-                return if self.redact_json(cache, &mut json, counts) {
+        if !looks_like_json {
+            return self.scan(cache, value, counts, None);
+        }
+        // A JSON value is scanned as text until the first key rule's literal: without one,
+        // no key rule applies inside it and the text scan is its redaction.
+        if self.key_markers {
+            if let Some(edit) = self.scan_until_marker(cache, value, counts, None, true) {
+                return edit;
+            }
+        }
+        match serde_json::from_str::<serde_json::Value>(value) {
+            Ok(mut json) => {
+                if self.redact_json(cache, keys, &mut json, counts) {
                     Edit::Replace(json.to_string())
                 } else {
                     Edit::Keep
-                };
+                }
             }
+            Err(_) => self.scan(cache, value, counts, None),
         }
-        self.scan(cache, value, counts, None)
     }
 
     /// Walks a JSON value: key rules on object keys, detectors on keys, strings and numbers.
@@ -535,6 +580,7 @@ impl Redactor {
     fn redact_json(
         &self,
         cache: &mut MetaCache,
+        keys: &mut KeyCache,
         json: &mut serde_json::Value,
         counts: &mut [u32],
     ) -> bool {
@@ -551,7 +597,7 @@ impl Redactor {
             Value::Array(items) => {
                 let mut changed = false;
                 for item in items {
-                    changed |= self.redact_json(cache, item, counts);
+                    changed |= self.redact_json(cache, keys, item, counts);
                 }
                 changed
             }
@@ -559,18 +605,23 @@ impl Redactor {
                 let mut changed = false;
                 let entries = std::mem::take(map);
                 for (key, mut value) in entries {
-                    let new_key = match self.scan(cache, &key, counts, None) {
-                        Edit::Keep => key.clone(),
-                        Edit::Replace(r) => {
+                    let info = self.key_info_cached(cache, keys, &key);
+                    for &kind in &info.key_kinds {
+                        counts[kind] += 1;
+                    }
+                    if info.key_dropped {
+                        changed = true;
+                        continue;
+                    }
+                    let rule = info.rule.map(|i| &self.key_decisions[i]);
+                    let new_key = match &info.redacted_key {
+                        None => key,
+                        Some(r) => {
                             changed = true;
-                            r
-                        }
-                        Edit::Drop => {
-                            changed = true;
-                            continue;
+                            r.clone()
                         }
                     };
-                    match self.key_rule(&key) {
+                    match rule {
                         Some(d) if d.action == Action::Allow => {}
                         Some(d) => {
                             let text = match &value {
@@ -587,7 +638,7 @@ impl Redactor {
                             }
                             changed = true;
                         }
-                        None => changed |= self.redact_json(cache, &mut value, counts),
+                        None => changed |= self.redact_json(cache, keys, &mut value, counts),
                     }
                     map.insert(new_key, value);
                 }
@@ -616,7 +667,7 @@ impl Redactor {
         let mut counts = vec![0u32; rows * kinds];
         let schema = batch.schema();
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut key_cache: FxHashMap<String, KeyInfo> = FxHashMap::default();
+        let mut key_cache = KeyCache::default();
 
         for (i, field) in schema.fields().iter().enumerate() {
             let name = field.name().as_str();
@@ -652,7 +703,9 @@ impl Redactor {
                             (name == col::RUN_ID).then_some(Action::Hash),
                         ),
                     };
-                    self.redact_strings(cache, column, field.is_nullable(), how, &mut counts)
+                    let nullable = field.is_nullable();
+                    let keys = &mut key_cache;
+                    self.redact_strings(cache, keys, column, nullable, how, &mut counts)
                 }
                 _ => None,
             };
@@ -698,6 +751,7 @@ impl Redactor {
     fn redact_strings(
         &self,
         cache: &mut MetaCache,
+        keys: &mut KeyCache,
         column: &ArrayRef,
         nullable: bool,
         how: ColumnRedaction<'_>,
@@ -712,7 +766,7 @@ impl Redactor {
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
             let edit = memoized(&mut memo, value, value, row_counts, |counts| match how {
                 ColumnRedaction::KeyRule(d) => self.apply_key_rule(d, value, counts),
-                ColumnRedaction::TextOrJson => self.redact_text_or_json(cache, value, counts),
+                ColumnRedaction::TextOrJson => self.redact_text_or_json(cache, keys, value, counts),
                 ColumnRedaction::Detectors(force) => self.scan(cache, value, counts, force),
             });
             match edit {
@@ -747,7 +801,7 @@ impl Redactor {
         search_cache: &mut MetaCache,
         column: &ArrayRef,
         counts: &mut [u32],
-        cache: &mut FxHashMap<String, KeyInfo>,
+        key_cache: &mut KeyCache,
     ) -> Result<Option<ArrayRef>, ArrowError> {
         let map = column.as_map();
         let keys = map.keys().as_string::<i32>();
@@ -760,22 +814,19 @@ impl Redactor {
         for row in 0..map.len() {
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
             for entry in offsets[row] as usize..offsets[row + 1] as usize {
-                let key = keys.value(entry);
-                if !cache.contains_key(key) {
-                    let info = self.key_info(search_cache, key);
-                    cache.insert(key.to_string(), info);
-                }
-                let info = &cache[key];
+                let info = self.key_info_cached(search_cache, key_cache, keys.value(entry));
                 for &kind in &info.key_kinds {
                     row_counts[kind] += 1;
                 }
+                let rule = info.rule;
+                let redacted_key = info.redacted_key.clone();
                 let edit = if values.is_null(entry) {
                     Edit::Keep
                 } else {
                     let value = values.value(entry);
-                    let decision = info.rule.map(|i| &self.key_decisions[i]);
-                    memoized(&mut memo, (info.rule, value), value, row_counts, |counts| {
-                        self.redact_value(search_cache, decision, value, counts)
+                    let decision = rule.map(|i| &self.key_decisions[i]);
+                    memoized(&mut memo, (rule, value), value, row_counts, |counts| {
+                        self.redact_value(search_cache, key_cache, decision, value, counts)
                     })
                 };
                 let new_value = match edit {
@@ -783,8 +834,8 @@ impl Redactor {
                     Edit::Replace(s) => Some(Some(s)),
                     Edit::Drop => None,
                 };
-                if info.redacted_key.is_some() || !matches!(new_value, Some(None)) {
-                    edits.push((entry, info.redacted_key.clone(), new_value));
+                if redacted_key.is_some() || !matches!(new_value, Some(None)) {
+                    edits.push((entry, redacted_key, new_value));
                 }
             }
         }
@@ -822,9 +873,25 @@ impl Redactor {
         Ok(Some(array))
     }
 
+    /// What the rules decide about `key`, from the batch's cache or worked out once.
+    fn key_info_cached<'k>(
+        &self,
+        cache: &mut MetaCache,
+        keys: &'k mut KeyCache,
+        key: &str,
+    ) -> &'k KeyInfo {
+        if !keys.contains_key(key) {
+            let info = self.key_info(cache, key);
+            keys.insert(key.to_string(), info);
+        }
+        &keys[key]
+    }
+
     fn key_info(&self, cache: &mut MetaCache, key: &str) -> KeyInfo {
         let mut kind_counts = vec![0u32; self.kinds.len()];
-        let redacted_key = match self.scan(cache, key, &mut kind_counts, None) {
+        let edit = self.scan(cache, key, &mut kind_counts, None);
+        let key_dropped = matches!(edit, Edit::Drop);
+        let redacted_key = match edit {
             Edit::Keep => None,
             Edit::Replace(s) => Some(s),
             Edit::Drop => Some("<REDACTED>".to_string()),
@@ -837,6 +904,7 @@ impl Redactor {
         KeyInfo {
             rule: self.key_rule_index(key),
             redacted_key,
+            key_dropped,
             key_kinds,
         }
     }
@@ -890,15 +958,27 @@ struct Scan<'s, 'c> {
     text: &'s str,
     counts: &'c mut [u32],
     force: Option<Action>,
+    /// Give up at the first key-rule literal (see [`Redactor::scan_until_marker`]).
+    stop_at_marker: bool,
+    stopped_at_marker: bool,
+    /// The kinds counted so far, to take back when the scan gives up.
+    found: Vec<usize>,
     /// Ranges of `text` to replace, in order, not overlapping.
     edits: Vec<(std::ops::Range<usize>, String)>,
 }
 
-/// What the redactor decided about one attribute key, cached per batch: keys repeat on
-/// every span.
+/// What the redactor decided about attribute and JSON keys in a batch, by key.
+type KeyCache = FxHashMap<String, KeyInfo>;
+
+/// What the redactor decided about one attribute or JSON key, cached per batch: keys repeat
+/// on every span.
 struct KeyInfo {
     rule: Option<usize>,
+    /// The key as a map stores it when a detector found something in it (`<REDACTED>` when
+    /// the detector's action is drop).
     redacted_key: Option<String>,
+    /// A detector in the key drops it: inside JSON the entry goes.
+    key_dropped: bool,
     /// Kinds found in the key itself, once per finding.
     key_kinds: Vec<usize>,
 }

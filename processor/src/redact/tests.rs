@@ -845,21 +845,11 @@ fn the_summary_counts_kinds_and_names_no_value_or_key() {
     attrs.push(kv("contact", sv("a@example.com and b@example.com")));
     attrs.push(kv("api_key", sv("whatever")));
     let (batch, totals) = r.redact_batch(&normalized(&request)).unwrap();
-    let summary = batch.column_by_name(col::REDACTIONS).unwrap().as_map();
-    let entries = summary.value(0);
-    let keys = entries.column(0).as_string::<i32>();
-    let values = entries
-        .column(1)
-        .as_primitive::<arrow::datatypes::Int32Type>();
-    let got: Vec<(String, i32)> = (0..keys.len())
-        .map(|i| (keys.value(i).to_string(), values.value(i)))
-        .collect();
-    let mut got = got;
-    got.sort();
     assert_eq!(
-        got,
+        first_summary(&batch),
         vec![("EMAIL".to_string(), 2), ("SECRET".to_string(), 1)]
     );
+    let summary = batch.column_by_name(col::REDACTIONS).unwrap().as_map();
     let mut total: Vec<(String, u64)> = totals.by_kind.clone();
     total.sort();
     assert_eq!(
@@ -868,6 +858,49 @@ fn the_summary_counts_kinds_and_names_no_value_or_key() {
     );
     let text = format!("{:?}", summary);
     assert!(!text.contains("contact") && !text.contains("api_key") && !text.contains("example"));
+}
+
+/// The first span's redaction summary, sorted by kind.
+fn first_summary(batch: &RecordBatch) -> Vec<(String, i32)> {
+    let summary = batch.column_by_name(col::REDACTIONS).unwrap().as_map();
+    let entries = summary.value(0);
+    let keys = entries.column(0).as_string::<i32>();
+    let values = entries
+        .column(1)
+        .as_primitive::<arrow::datatypes::Int32Type>();
+    let mut got: Vec<(String, i32)> = (0..keys.len())
+        .map(|i| (keys.value(i).to_string(), values.value(i)))
+        .collect();
+    got.sort();
+    got
+}
+
+/// The scan of a JSON value gives up at the first literal of a key rule (`session_token`),
+/// and the value is then read as JSON: what the scan found before it is counted once, not
+/// twice. In text that is not JSON such a literal is passed over: what follows it is found.
+#[test]
+fn key_rule_literals_neither_count_twice_nor_hide_what_follows() {
+    let r = redactor();
+    let mut request = request_carrying(&["nothing here".to_string()]);
+    let attrs = &mut request.resource_spans[0].scope_spans[0].spans[0].attributes;
+    attrs.push(kv(
+        "gen_ai.tool.call.arguments",
+        sv(r#"{"to":"c@example.com","Session_Token":"q8Zr2LmX"}"#),
+    ));
+    attrs.push(kv(
+        "note",
+        sv("the PASSWORD policy and the session_token rules: mail d@example.com"),
+    ));
+    let (batch, _) = r.redact_batch(&normalized(&request)).unwrap();
+    assert_eq!(
+        first_summary(&batch),
+        vec![("EMAIL".to_string(), 2), ("SECRET".to_string(), 1)]
+    );
+    let text = all_text(&batch);
+    for gone in ["c@example.com", "q8Zr2LmX", "d@example.com"] {
+        assert!(!text.contains(gone), "{gone} in {text}");
+    }
+    assert!(text.contains("the PASSWORD policy and the session_token rules: mail <EMAIL"));
 }
 
 #[test]

@@ -531,21 +531,81 @@ impl Redactor {
 
     /// Redacts an attribute value: its key's rule if one matches, else the detectors (and
     /// key rules on the keys inside a JSON value).
-    fn redact_value(
+    fn redact_value<'b>(
         &self,
         cache: &mut MetaCache,
         keys: &mut KeyCache,
+        elements: &mut Memo<&'b str>,
         decision: Option<&KeyDecision>,
-        value: &str,
+        value: &'b str,
         counts: &mut [u32],
     ) -> Edit {
         match decision {
             Some(d) => self.apply_key_rule(d, value, counts),
-            None => self.redact_text_or_json(cache, keys, value, counts),
+            None => self.redact_text_or_json(cache, keys, elements, value, counts),
         }
     }
 
-    fn redact_text_or_json(
+    /// A value that may hold JSON. A long JSON array is redacted element by element, each
+    /// element once per batch (`elements`): a conversation's history (`gen_ai.input.messages`)
+    /// is resent whole with every model call of a run, one message longer each time.
+    fn redact_text_or_json<'b>(
+        &self,
+        cache: &mut MetaCache,
+        keys: &mut KeyCache,
+        elements: &mut Memo<&'b str>,
+        value: &'b str,
+        counts: &mut [u32],
+    ) -> Edit {
+        if value.len() >= MEMO_MIN_BYTES {
+            if let Some(items) = json_array_elements(value) {
+                return self.redact_elements(cache, keys, elements, value, &items, counts);
+            }
+        }
+        self.redact_text_or_json_whole(cache, keys, value, counts)
+    }
+
+    /// The elements of a JSON array (slices of `value`, separators and brackets between
+    /// them), each redacted as a value of its own or taken from the batch's memo; the array
+    /// is put back together only when some element changed. An element that a detector
+    /// drops drops the whole value, as the scan of the whole text would have.
+    fn redact_elements<'b>(
+        &self,
+        cache: &mut MetaCache,
+        keys: &mut KeyCache,
+        elements: &mut Memo<&'b str>,
+        value: &'b str,
+        items: &[std::ops::Range<usize>],
+        counts: &mut [u32],
+    ) -> Edit {
+        let mut edits = Vec::with_capacity(items.len());
+        for range in items {
+            let item = &value[range.clone()];
+            let edit = memoized(elements, item, 0, item, counts, |counts| {
+                self.redact_text_or_json_whole(cache, keys, item, counts)
+            });
+            match edit {
+                Edit::Drop => return Edit::Drop,
+                Edit::Keep => {}
+                Edit::Replace(r) => edits.push((range.clone(), r)),
+            }
+        }
+        if edits.is_empty() {
+            return Edit::Keep;
+        }
+        let mut out = String::with_capacity(value.len());
+        let mut copied = 0;
+        for (range, replacement) in &edits {
+            out.push_str(&value[copied..range.start]);
+            out.push_str(replacement);
+            copied = range.end;
+        }
+        out.push_str(&value[copied..]);
+        Edit::Replace(out)
+    }
+
+    /// A value that may hold JSON, redacted in one piece.
+    fn redact_text_or_json_whole(
         &self,
         cache: &mut MetaCache,
         keys: &mut KeyCache,
@@ -761,20 +821,46 @@ impl Redactor {
         let kinds = self.kinds.len();
         let mut edits: Vec<(usize, Option<String>)> = Vec::new();
         let mut memo = Memo::default();
+        let mut elements = Memo::default();
+        // Consecutive rows often hold the same value (the spans of a run share its id, its
+        // service, agent and workflow): the previous value's redaction and findings are reused.
+        let mut previous: Option<(&str, Edit, Found)> = None;
+        let mut found = vec![0u32; kinds];
         for (row, value) in strings.iter().enumerate() {
             let Some(value) = value else { continue };
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
-            let edit = memoized(&mut memo, value, value, row_counts, |counts| match how {
-                ColumnRedaction::KeyRule(d) => self.apply_key_rule(d, value, counts),
-                ColumnRedaction::TextOrJson => self.redact_text_or_json(cache, keys, value, counts),
-                ColumnRedaction::Detectors(force) => self.scan(cache, value, counts, force),
-            });
-            match edit {
-                Edit::Keep => {}
-                Edit::Replace(s) => edits.push((row, Some(s))),
-                Edit::Drop if nullable => edits.push((row, None)),
-                Edit::Drop => edits.push((row, Some("<REDACTED>".to_string()))),
+            if let Some((last, edit, last_found)) = &previous {
+                if *last == value {
+                    for &(kind, n) in last_found {
+                        row_counts[kind] += n;
+                    }
+                    push_string_edit(&mut edits, row, edit.clone(), nullable);
+                    continue;
+                }
             }
+            let edit = memoized(
+                &mut memo,
+                value,
+                MEMO_MIN_BYTES,
+                value,
+                &mut found,
+                |counts| match how {
+                    ColumnRedaction::KeyRule(d) => self.apply_key_rule(d, value, counts),
+                    ColumnRedaction::TextOrJson => {
+                        self.redact_text_or_json(cache, keys, &mut elements, value, counts)
+                    }
+                    ColumnRedaction::Detectors(force) => self.scan(cache, value, counts, force),
+                },
+            );
+            let mut value_found = Vec::new();
+            for (kind, n) in found.iter_mut().enumerate() {
+                if *n > 0 {
+                    row_counts[kind] += *n;
+                    value_found.push((kind, std::mem::take(n)));
+                }
+            }
+            push_string_edit(&mut edits, row, edit.clone(), nullable);
+            previous = Some((value, edit, value_found));
         }
         if edits.is_empty() {
             return None;
@@ -811,9 +897,39 @@ impl Redactor {
         // (entry, new key if changed, new value: None = drop, Some(None) = unchanged).
         let mut edits: Vec<(usize, Option<String>, Option<Option<String>>)> = Vec::new();
         let mut memo = Memo::default();
+        let mut elements = Memo::default();
+        // A row with the same entries as the one before it (the spans of one resource share
+        // its attributes) gets that row's redaction: its edits and what this column counted.
+        let entries = |row: usize| offsets[row] as usize..offsets[row + 1] as usize;
+        let same_entries = |a: usize, b: usize| {
+            entries(a).len() == entries(b).len()
+                && entries(a).zip(entries(b)).all(|(x, y)| {
+                    keys.value(x) == keys.value(y)
+                        && values.is_null(x) == values.is_null(y)
+                        && values.value(x) == values.value(y)
+                })
+        };
+        let mut counted_before = vec![0u32; kinds];
+        let mut previous_row_counts = vec![0u32; kinds];
+        let mut previous_row_edits = 0..0;
         for row in 0..map.len() {
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
-            for entry in offsets[row] as usize..offsets[row + 1] as usize {
+            if row > 0 && same_entries(row - 1, row) {
+                for (count, previous) in row_counts.iter_mut().zip(&previous_row_counts) {
+                    *count += previous;
+                }
+                let shift = entries(row).start - entries(row - 1).start;
+                let first = edits.len();
+                for i in previous_row_edits.clone() {
+                    let (entry, key, value) = edits[i].clone();
+                    edits.push((entry + shift, key, value));
+                }
+                previous_row_edits = first..edits.len();
+                continue;
+            }
+            counted_before.copy_from_slice(row_counts);
+            let first_edit = edits.len();
+            for entry in entries(row) {
                 let info = self.key_info_cached(search_cache, key_cache, keys.value(entry));
                 for &kind in &info.key_kinds {
                     row_counts[kind] += 1;
@@ -825,9 +941,25 @@ impl Redactor {
                 } else {
                     let value = values.value(entry);
                     let decision = rule.map(|i| &self.key_decisions[i]);
-                    memoized(&mut memo, (rule, value), value, row_counts, |counts| {
-                        self.redact_value(search_cache, key_cache, decision, value, counts)
-                    })
+                    let key = (rule, value);
+                    memoized(
+                        &mut memo,
+                        key,
+                        MEMO_MIN_BYTES,
+                        value,
+                        row_counts,
+                        |counts| {
+                            let elements = &mut elements;
+                            self.redact_value(
+                                search_cache,
+                                key_cache,
+                                elements,
+                                decision,
+                                value,
+                                counts,
+                            )
+                        },
+                    )
                 };
                 let new_value = match edit {
                     Edit::Keep => Some(None),
@@ -837,6 +969,10 @@ impl Redactor {
                 if redacted_key.is_some() || !matches!(new_value, Some(None)) {
                     edits.push((entry, redacted_key, new_value));
                 }
+            }
+            previous_row_edits = first_edit..edits.len();
+            for (kind, previous) in previous_row_counts.iter_mut().enumerate() {
+                *previous = row_counts[kind] - counted_before[kind];
             }
         }
         if edits.is_empty() {
@@ -919,18 +1055,22 @@ const MEMO_MIN_BYTES: usize = 256;
 /// value of an attribute; the value of a column): the edit, and the kinds it found with
 /// their counts. Redaction is a function of the rule and the value alone, so a repeat gets
 /// exactly what a second scan would give.
-type Memo<K> = FxHashMap<K, (Edit, Vec<(usize, u32)>)>;
+type Memo<K> = FxHashMap<K, (Edit, Found)>;
+
+/// The kinds that the redaction of a value found, with their counts.
+type Found = Vec<(usize, u32)>;
 
 /// The edit of `value` from `memo`, or from `redact` (which adds its findings to the counts
 /// it is given) when the value is short or new; `counts` gets the findings either way.
 fn memoized<K: std::hash::Hash + Eq>(
     memo: &mut Memo<K>,
     key: K,
+    min_bytes: usize,
     value: &str,
     counts: &mut [u32],
     redact: impl FnOnce(&mut [u32]) -> Edit,
 ) -> Edit {
-    if value.len() < MEMO_MIN_BYTES {
+    if value.len() < min_bytes {
         return redact(counts);
     }
     let (edit, found) = memo.entry(key).or_insert_with(|| {
@@ -948,6 +1088,21 @@ fn memoized<K: std::hash::Hash + Eq>(
         counts[kind] += n;
     }
     edit.clone()
+}
+
+/// Records the edit of a string column's row (a drop is a null where the column allows it).
+fn push_string_edit(
+    edits: &mut Vec<(usize, Option<String>)>,
+    row: usize,
+    edit: Edit,
+    nullable: bool,
+) {
+    match edit {
+        Edit::Keep => {}
+        Edit::Replace(s) => edits.push((row, Some(s))),
+        Edit::Drop if nullable => edits.push((row, None)),
+        Edit::Drop => edits.push((row, Some("<REDACTED>".to_string()))),
+    }
 }
 
 /// One scan of one string: its haystack (escapes blanked), the original, and what was found.
@@ -981,6 +1136,52 @@ struct KeyInfo {
     key_dropped: bool,
     /// Kinds found in the key itself, once per finding.
     key_kinds: Vec<usize>,
+}
+
+/// The byte ranges of the top-level elements of a JSON array (`[a, {"b": [c]}]`: `a` and
+/// ` {"b": [c]}`, with the whitespace around them), found by following strings, escapes and
+/// nesting; `None` when `text` is not one array with nothing after it. The elements are not
+/// validated: each is redacted as a value of its own, JSON or not.
+fn json_array_elements(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
+    let bytes = text.as_bytes();
+    let open = text.len() - text.trim_start().len();
+    if bytes.get(open) != Some(&b'[') {
+        return None;
+    }
+    let mut items = Vec::new();
+    let mut item_start = open + 1;
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate().skip(open) {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    items.push(item_start..i);
+                    return text[i + 1..].trim().is_empty().then_some(items);
+                }
+            }
+            b',' if depth == 1 => {
+                items.push(item_start..i);
+                item_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Applies a detector's edit to a JSON scalar; whether it changed.

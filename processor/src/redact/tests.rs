@@ -430,8 +430,17 @@ fn sv(text: &str) -> Value {
 /// A request whose every string field carries `texts` (cycled): span name, status message,
 /// attributes (plain, array, key-value list, JSON inside a string, content attributes), event
 /// names and attributes, link attributes, resource and scope attributes.
+/// Three spans (consecutive rows, as a run's spans arrive) that carry `texts` in every field
+/// that holds a string; the first span's attributes are the ones tests add to.
 fn request_carrying(texts: &[String]) -> ExportTraceServiceRequest {
     let t = |i: usize| texts[i % texts.len()].clone();
+    // Long enough to be redacted element by element, with an element that repeats.
+    let history = serde_json::json!([
+        {"role": "system", "parts": [{"type": "text", "content": "You are the refunds agent. Look the order up, check the policy, and refund only what the policy allows; escalate to a human when the amount is above the limit or the customer disputes the decision."}]},
+        {"role": "user", "parts": [{"type": "text", "content": t(7)}]},
+        t(7),
+        {"role": "user", "parts": [{"type": "text", "content": t(7)}]},
+    ]);
     let span = Span {
         trace_id: vec![7; 16],
         span_id: vec![1; 8],
@@ -444,14 +453,38 @@ fn request_carrying(texts: &[String]) -> ExportTraceServiceRequest {
         }),
         attributes: vec![
             kv("note", sv(&t(2))),
-            kv("tags", Value::ArrayValue(ArrayValue {
-                values: vec![AnyValue { value: Some(sv(&t(3))) }, AnyValue { value: Some(sv(&t(4))) }],
-            })),
-            kv("request", Value::KvlistValue(KeyValueList {
-                values: vec![kv("body", sv(&t(5))), kv("nested", Value::KvlistValue(KeyValueList { values: vec![kv("deep", sv(&t(6)))] }))],
-            })),
-            kv("gen_ai.input.messages", sv(&serde_json::json!([{"role": "user", "parts": [{"type": "text", "content": t(7)}]}]).to_string())),
-            kv("gen_ai.tool.call.arguments", sv(&serde_json::json!({"query": t(8), "limit": 5}).to_string())),
+            kv(
+                "tags",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![
+                        AnyValue {
+                            value: Some(sv(&t(3))),
+                        },
+                        AnyValue {
+                            value: Some(sv(&t(4))),
+                        },
+                    ],
+                }),
+            ),
+            kv(
+                "request",
+                Value::KvlistValue(KeyValueList {
+                    values: vec![
+                        kv("body", sv(&t(5))),
+                        kv(
+                            "nested",
+                            Value::KvlistValue(KeyValueList {
+                                values: vec![kv("deep", sv(&t(6)))],
+                            }),
+                        ),
+                    ],
+                }),
+            ),
+            kv("gen_ai.input.messages", sv(&history.to_string())),
+            kv(
+                "gen_ai.tool.call.arguments",
+                sv(&serde_json::json!({"query": t(8), "limit": 5}).to_string()),
+            ),
             kv("gen_ai.conversation.id", sv(&t(9))),
             kv("runledger.action.ref", sv(&t(10))),
             kv("gen_ai.agent.name", sv(&t(11))),
@@ -483,7 +516,12 @@ fn request_carrying(texts: &[String]) -> ExportTraceServiceRequest {
                     attributes: vec![kv("scope.note", sv(&t(19)))],
                     ..Default::default()
                 }),
-                spans: vec![span],
+                spans: (1..=3u8)
+                    .map(|id| Span {
+                        span_id: vec![id; 8],
+                        ..span.clone()
+                    })
+                    .collect(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -568,6 +606,11 @@ proptest! {
             }
         }
         prop_assert!(!totals.by_kind.is_empty());
+        // Rows that repeat the one before them get its redaction: the same summary.
+        let summaries = redacted.column_by_name(col::REDACTIONS).unwrap().as_map();
+        prop_assert!(summaries.value(0).num_columns() == 2 && summaries.value_length(0) > 0);
+        prop_assert_eq!(summaries.value(1).clone(), summaries.value(0).clone());
+        prop_assert_eq!(summaries.value(2).clone(), summaries.value(0).clone());
     }
 }
 

@@ -295,19 +295,34 @@ impl Redactor {
     }
 
     fn hmac_hex(&self, value: &[u8]) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(value);
-        let digest = mac.finalize().into_bytes();
-        let mut out = hex::encode(&digest[..HASH_HEX_CHARS / 2]);
-        out.truncate(HASH_HEX_CHARS);
+        let mut out = String::with_capacity(HASH_HEX_CHARS);
+        self.push_hmac_hex(value, &mut out);
         out
     }
 
+    /// Appends the first [`HASH_HEX_CHARS`] hex characters of the value's HMAC to `out`.
+    fn push_hmac_hex(&self, value: &[u8], out: &mut String) {
+        let mut mac = self.mac.clone();
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        let mut hex = [0u8; HASH_HEX_CHARS];
+        hex::encode_to_slice(&digest[..HASH_HEX_CHARS / 2], &mut hex)
+            .expect("the slice holds two characters per byte");
+        out.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+    }
+
+    /// The placeholder of a value: `<KIND>`, or `<KIND:hmac>` for a keyed hash.
     fn replacement(&self, kind: usize, action: Action, value: &str) -> String {
-        match action {
-            Action::Hash => format!("<{}:{}>", self.kinds[kind], self.hmac_hex(value.as_bytes())),
-            _ => format!("<{}>", self.kinds[kind]),
+        let name = &self.kinds[kind];
+        let mut out = String::with_capacity(name.len() + HASH_HEX_CHARS + 3);
+        out.push('<');
+        out.push_str(name);
+        if action == Action::Hash {
+            out.push(':');
+            self.push_hmac_hex(value.as_bytes(), &mut out);
         }
+        out.push('>');
+        out
     }
 
     /// Redacts one string with the detectors. `counts` (one slot per kind) is incremented

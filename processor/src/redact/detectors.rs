@@ -213,19 +213,18 @@ pub(crate) const BUILTINS: &[Builtin] = &[
 /// Luhn-valid, with a length and prefix that a card network issues. Where the greedy match
 /// took extra trailing digits, shorter prefixes of it are tried.
 fn valid_card(text: &str, range: Range<usize>) -> Option<Range<usize>> {
-    let candidate = &text[range.clone()];
-    // Byte offset just past each digit.
-    let ends: Vec<usize> = candidate
-        .char_indices()
-        .filter(|(_, c)| c.is_ascii_digit())
-        .map(|(i, _)| range.start + i + 1)
-        .collect();
-    let digits: Vec<u8> = candidate
-        .bytes()
-        .filter(u8::is_ascii_digit)
-        .map(|b| b - b'0')
-        .collect();
-    for len in (13..=digits.len().min(19)).rev() {
+    // The first 19 digits (the most a card number has) and the byte offset just past each.
+    let mut digits = [0u8; 19];
+    let mut ends = [0usize; 19];
+    let mut found = 0;
+    for (i, b) in text.as_bytes()[range.clone()].iter().enumerate() {
+        if b.is_ascii_digit() && found < digits.len() {
+            digits[found] = b - b'0';
+            ends[found] = range.start + i + 1;
+            found += 1;
+        }
+    }
+    for len in (13..=found).rev() {
         let end = ends[len - 1];
         // Cut only at a separator or at the end, never inside a run of digits.
         if end != range.end && text.as_bytes()[end].is_ascii_digit() {

@@ -22,7 +22,7 @@ mod detectors;
 
 use std::borrow::Cow;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Int32Builder, MapArray, MapBuilder, RecordBatch, StringBuilder,
@@ -30,7 +30,6 @@ use arrow::array::{
 use arrow::error::ArrowError;
 use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::{Cache as MetaCache, Regex as MetaRegex};
-use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input};
 use runledger_schemas::{col, conventions};
 use rustc_hash::FxHashMap;
@@ -39,9 +38,6 @@ use sha2::Sha256;
 pub use config::{Action, CustomRule, KeyRule, RedactionConfig, DEFAULT_SECRET_KEYS};
 
 use detectors::{Validator, BUILTINS};
-
-/// Makes a search cache of the combined automaton for the redactor's pool.
-type CacheFn = Box<dyn Fn() -> MetaCache + Send + Sync>;
 
 /// Hex characters of the HMAC kept in a hash token: 64 bits, enough for joins and distinct
 /// counts over any realistic number of values.
@@ -70,10 +66,11 @@ pub struct Redactor {
     /// One automaton over every detector's pattern, then the literals of the key rules
     /// (markers); the pattern id says which matched (with no pattern, it never matches).
     combined: MetaRegex,
-    /// Search caches of `combined` (its lazy DFA's states), one taken per batch. The regex's
-    /// own pool serves the thread that first used it cheaply and every other thread through
-    /// a lock per search: a batch makes about twenty searches per span, on several threads.
-    caches: Pool<MetaCache, CacheFn>,
+    /// Search caches (the lazy DFAs' states), one set taken per batch and given back after.
+    /// A regex's own pool serves the thread that first used it cheaply and any other thread
+    /// from a stack picked by the thread's id, where a thread started for a segment rarely
+    /// finds the states that an earlier one built: it would build them again.
+    caches: Mutex<Vec<SearchCaches>>,
     detectors: Vec<Detector>,
     /// Placeholder kinds, upper case; an index into this is a "kind".
     kinds: Vec<String>,
@@ -229,10 +226,7 @@ impl Redactor {
             .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
             .build_many(&patterns)
             .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?;
-        let caches = {
-            let combined = combined.clone();
-            Pool::new(Box::new(move || combined.create_cache()) as CacheFn)
-        };
+        let caches = Mutex::new(Vec::new());
         let key_decisions = rules
             .into_iter()
             .map(|(_, action, kind)| KeyDecision { action, kind })
@@ -338,15 +332,31 @@ impl Redactor {
 
     /// Calls `f` with a search cache of the combined automaton, taken from the redactor's
     /// pool and given back after.
-    fn with_cache<R>(&self, f: impl FnOnce(&mut MetaCache) -> R) -> R {
-        f(&mut self.caches.get())
+    fn with_cache<R>(&self, f: impl FnOnce(&mut SearchCaches) -> R) -> R {
+        let lock = || {
+            self.caches
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        let taken = lock().pop();
+        let mut caches = taken.unwrap_or_else(|| SearchCaches {
+            combined: self.combined.create_cache(),
+            detectors: self
+                .detectors
+                .iter()
+                .map(|d| (d.regex.create_cache(), d.regex.create_captures()))
+                .collect(),
+        });
+        let result = f(&mut caches);
+        lock().push(caches);
+        result
     }
 
     /// Runs the detectors over `text`. `force` overrides every detector's action (run ids
     /// are always hashed, so that two runs never merge into one placeholder).
     fn scan(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         text: &str,
         counts: &mut [u32],
         force: Option<Action>,
@@ -359,7 +369,7 @@ impl Redactor {
     /// rule, counting nothing, and returns `None`: the caller then reads the value as JSON.
     fn scan_until_marker(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         text: &str,
         counts: &mut [u32],
         force: Option<Action>,
@@ -419,7 +429,7 @@ impl Redactor {
         while at < to {
             let Some(m) = scan
                 .combined
-                .search_with(scan.cache, &Input::new(hay).range(at..to))
+                .search_with(&mut scan.cache.combined, &Input::new(hay).range(at..to))
             else {
                 break;
             };
@@ -434,12 +444,15 @@ impl Redactor {
                 at = ceil_char(hay, next_char(hay, start));
                 continue;
             }
-            let hit = self.confirm(hay, first, start, m.end(), to).or_else(|| {
-                // The pattern that matched here did not validate: another may.
-                (0..self.detectors.len())
-                    .filter(|&i| i != first)
-                    .find_map(|i| self.confirm_anchored(hay, i, start, to))
-            });
+            let caches = &mut *scan.cache;
+            let hit = self
+                .confirm(caches, hay, first, start, m.end(), to)
+                .or_else(|| {
+                    // The pattern that matched here did not validate: another may.
+                    (0..self.detectors.len())
+                        .filter(|&i| i != first)
+                        .find_map(|i| self.confirm_anchored(caches, hay, i, start, to))
+                });
             match hit {
                 Some((i, range, end)) => {
                     // A detector that redacts a group (the value after `password is`) must
@@ -471,6 +484,7 @@ impl Redactor {
     /// detector, the range to redact and where scanning resumes. Nothing past `to` is taken.
     fn confirm(
         &self,
+        caches: &mut SearchCaches,
         text: &str,
         i: usize,
         start: usize,
@@ -481,7 +495,7 @@ impl Redactor {
         let range = if detector.group == 0 {
             start..end
         } else {
-            self.group_range(text, i, start, to)?
+            self.group_range(caches, text, i, start, to)?
         };
         let range = match detector.validate {
             Some(validate) => validate(text, range)?,
@@ -492,30 +506,32 @@ impl Redactor {
 
     fn confirm_anchored(
         &self,
+        caches: &mut SearchCaches,
         text: &str,
         i: usize,
         start: usize,
         to: usize,
     ) -> Option<(usize, std::ops::Range<usize>, usize)> {
+        let input = Input::new(text).range(start..to).anchored(Anchored::Yes);
         let m = self.detectors[i]
             .regex
-            .search(&Input::new(text).range(start..to).anchored(Anchored::Yes))?;
-        self.confirm(text, i, start, m.end(), to)
+            .search_with(&mut caches.detectors[i].0, &input)?;
+        self.confirm(caches, text, i, start, m.end(), to)
     }
 
     fn group_range(
         &self,
+        caches: &mut SearchCaches,
         text: &str,
         i: usize,
         start: usize,
         to: usize,
     ) -> Option<std::ops::Range<usize>> {
-        let regex = &self.detectors[i].regex;
-        let mut caps = regex.create_captures();
-        regex.search_captures(
-            &Input::new(text).range(start..to).anchored(Anchored::Yes),
-            &mut caps,
-        );
+        let (cache, caps) = &mut caches.detectors[i];
+        let input = Input::new(text).range(start..to).anchored(Anchored::Yes);
+        self.detectors[i]
+            .regex
+            .search_captures_with(cache, &input, caps);
         caps.get_group(self.detectors[i].group).map(|s| s.range())
     }
 
@@ -548,7 +564,7 @@ impl Redactor {
     /// key rules on the keys inside a JSON value).
     fn redact_value<'b>(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &mut KeyCache,
         elements: &mut Memo<&'b str>,
         decision: Option<&KeyDecision>,
@@ -566,7 +582,7 @@ impl Redactor {
     /// is resent whole with every model call of a run, one message longer each time.
     fn redact_text_or_json<'b>(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &mut KeyCache,
         elements: &mut Memo<&'b str>,
         value: &'b str,
@@ -586,7 +602,7 @@ impl Redactor {
     /// drops drops the whole value, as the scan of the whole text would have.
     fn redact_elements<'b>(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &mut KeyCache,
         elements: &mut Memo<&'b str>,
         value: &'b str,
@@ -622,7 +638,7 @@ impl Redactor {
     /// A value that may hold JSON, redacted in one piece.
     fn redact_text_or_json_whole(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &mut KeyCache,
         value: &str,
         counts: &mut [u32],
@@ -654,7 +670,7 @@ impl Redactor {
     /// Returns whether anything changed.
     fn redact_json(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &mut KeyCache,
         json: &mut serde_json::Value,
         counts: &mut [u32],
@@ -734,7 +750,7 @@ impl Redactor {
 
     fn redact_batch_with(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         batch: &RecordBatch,
     ) -> Result<(RecordBatch, RedactionTotals), ArrowError> {
         let rows = batch.num_rows();
@@ -825,7 +841,7 @@ impl Redactor {
     /// the detectors on each value. `None` when nothing changed.
     fn redact_strings(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &mut KeyCache,
         column: &ArrayRef,
         nullable: bool,
@@ -899,7 +915,7 @@ impl Redactor {
     /// holds something a detector finds is redacted too.
     fn redact_map(
         &self,
-        search_cache: &mut MetaCache,
+        search_cache: &mut SearchCaches,
         column: &ArrayRef,
         counts: &mut [u32],
         key_cache: &mut KeyCache,
@@ -1027,7 +1043,7 @@ impl Redactor {
     /// What the rules decide about `key`, from the batch's cache or worked out once.
     fn key_info_cached<'k>(
         &self,
-        cache: &mut MetaCache,
+        cache: &mut SearchCaches,
         keys: &'k mut KeyCache,
         key: &str,
     ) -> &'k KeyInfo {
@@ -1038,7 +1054,7 @@ impl Redactor {
         &keys[key]
     }
 
-    fn key_info(&self, cache: &mut MetaCache, key: &str) -> KeyInfo {
+    fn key_info(&self, cache: &mut SearchCaches, key: &str) -> KeyInfo {
         let mut kind_counts = vec![0u32; self.kinds.len()];
         let edit = self.scan(cache, key, &mut kind_counts, None);
         let key_dropped = matches!(edit, Edit::Drop);
@@ -1120,10 +1136,17 @@ fn push_string_edit(
     }
 }
 
+/// The search caches of one thread at a time: the combined automaton's, and each detector's
+/// with its captures (for the confirmations of the combined automaton's matches).
+struct SearchCaches {
+    combined: MetaCache,
+    detectors: Vec<(MetaCache, regex_automata::util::captures::Captures)>,
+}
+
 /// One scan of one string: its haystack (escapes blanked), the original, and what was found.
 struct Scan<'s, 'c> {
     combined: &'s MetaRegex,
-    cache: &'c mut MetaCache,
+    cache: &'c mut SearchCaches,
     hay: &'s str,
     text: &'s str,
     counts: &'c mut [u32],

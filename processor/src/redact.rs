@@ -599,7 +599,10 @@ impl Redactor {
     /// The elements of a JSON array (slices of `value`, separators and brackets between
     /// them), each redacted as a value of its own or taken from the batch's memo; the array
     /// is put back together only when some element changed. An element that a detector
-    /// drops drops the whole value, as the scan of the whole text would have.
+    /// drops drops the whole value, as the scan of the whole text would have. As in a parsed
+    /// JSON value, a detector sees one element at a time: context does not reach across (a
+    /// secret-naming word at the end of one message does not flag a high-entropy word at the
+    /// start of the next).
     fn redact_elements<'b>(
         &self,
         cache: &mut SearchCaches,

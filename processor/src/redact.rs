@@ -63,9 +63,16 @@ struct KeyDecision {
 
 /// The compiled rules. Cheap to share: the flusher holds it in an `Arc`.
 pub struct Redactor {
-    /// One automaton over every detector's pattern, then the literals of the key rules
-    /// (markers); the pattern id says which matched (with no pattern, it never matches).
+    /// One automaton over the literals of the key rules (markers, see `key_markers`), then
+    /// every detector's pattern; the pattern id says which matched (with no pattern, it
+    /// never matches).
     combined: MetaRegex,
+    /// The number of markers: pattern `markers + i` of `combined` is detector `i`.
+    markers: usize,
+    /// The markers alone, to find one inside what a detector matched.
+    marker_regex: Option<MetaRegex>,
+    /// The length of the longest marker.
+    longest_marker: usize,
     /// Search caches (the lazy DFAs' states), one set taken per batch and given back after.
     /// A regex's own pool serves the thread that first used it cheaply and any other thread
     /// from a stack picked by the thread's id, where a thread started for a segment rarely
@@ -76,9 +83,9 @@ pub struct Redactor {
     kinds: Vec<String>,
     key_globs: globset::GlobSet,
     key_decisions: Vec<KeyDecision>,
-    /// Whether the combined automaton carries the key rules' literals as markers after the
-    /// detectors. A JSON value is parsed, to apply key rules to its keys, only when the scan
-    /// meets a marker in it; without markers (some rule has no literal) it is always parsed.
+    /// Whether the combined automaton carries the key rules' literals as markers. A JSON
+    /// value is parsed, to apply key rules to its keys, only when its scan meets a marker;
+    /// without markers (some rule has no literal) it is always parsed.
     key_markers: bool,
     mac: Hmac<Sha256>,
     /// Typed columns filled from attributes, with the keys they come from: a key rule on one
@@ -212,19 +219,31 @@ impl Redactor {
             .build()
             .map_err(|e| RedactionConfigError(format!("key rules: {e}")))?;
         // The markers ride on the detectors' scan, so a JSON value is read once, not once
-        // for the literals and again for the detectors. They come last: where a detector
-        // matches at the same place, the detector wins.
+        // for the literals and again for the detectors. They come first: where a detector
+        // matches at the same place (`password": "x` is also the `secret` detector's), the
+        // marker is seen and the scan tries the detectors there itself.
         let key_markers = every_rule_has_literal;
-        if key_markers {
-            patterns.extend(
-                literals
-                    .iter()
-                    .map(|l| format!("(?i:{})", regex::escape(l))),
-            );
-        }
+        let marker_patterns: Vec<String> = if key_markers {
+            literals
+                .iter()
+                .map(|l| format!("(?i:{})", regex::escape(l)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let markers = marker_patterns.len();
+        let longest_marker = literals.iter().map(String::len).max().unwrap_or(0);
+        let marker_regex = if key_markers {
+            Some(
+                MetaRegex::new_many(&marker_patterns)
+                    .map_err(|e| RedactionConfigError(format!("key rule literals: {e}")))?,
+            )
+        } else {
+            None
+        };
         let combined = MetaRegex::builder()
             .configure(MetaRegex::config().hybrid_cache_capacity(16 << 20))
-            .build_many(&patterns)
+            .build_many(&[marker_patterns, patterns].concat())
             .map_err(|e| RedactionConfigError(format!("combined patterns: {e}")))?;
         let caches = Mutex::new(Vec::new());
         let key_decisions = rules
@@ -268,6 +287,9 @@ impl Redactor {
             key_globs,
             key_decisions,
             key_markers,
+            markers,
+            marker_regex,
+            longest_marker,
             mac,
             column_keys,
         })
@@ -330,8 +352,8 @@ impl Redactor {
         }
     }
 
-    /// Calls `f` with a search cache of the combined automaton, taken from the redactor's
-    /// pool and given back after.
+    /// Calls `f` with a set of search caches, taken from the redactor's (or made) and given
+    /// back after.
     fn with_cache<R>(&self, f: impl FnOnce(&mut SearchCaches) -> R) -> R {
         let lock = || {
             self.caches
@@ -341,6 +363,7 @@ impl Redactor {
         let taken = lock().pop();
         let mut caches = taken.unwrap_or_else(|| SearchCaches {
             combined: self.combined.create_cache(),
+            markers: self.marker_regex.as_ref().map(MetaRegex::create_cache),
             detectors: self
                 .detectors
                 .iter()
@@ -434,25 +457,33 @@ impl Redactor {
                 break;
             };
             let start = m.start();
-            let first = m.pattern().as_usize();
-            if first >= self.detectors.len() {
-                // A key rule's literal: no detector matches here (it would have won).
-                if scan.stop_at_marker {
+            let caches = &mut *scan.cache;
+            let hit = match m.pattern().as_usize().checked_sub(self.markers) {
+                Some(first) => self
+                    .confirm(caches, hay, first, start, m.end(), to)
+                    .or_else(|| {
+                        // The pattern that matched here did not validate: another may.
+                        (0..self.detectors.len())
+                            .filter(|&i| i != first)
+                            .find_map(|i| self.confirm_anchored(caches, hay, i, start, to))
+                    }),
+                None if scan.stop_at_marker => {
                     scan.stopped_at_marker = true;
                     return ControlFlow::Break(());
                 }
-                at = ceil_char(hay, next_char(hay, start));
-                continue;
+                // A key rule's literal, which has priority: any detector may match here too.
+                None => (0..self.detectors.len())
+                    .find_map(|i| self.confirm_anchored(caches, hay, i, start, to)),
+            };
+            if scan.stop_at_marker {
+                if let Some((_, range, end)) = &hit {
+                    // A literal inside what a detector takes (a key that holds an email).
+                    if self.marker_within(caches, hay, start.min(range.start)..*end) {
+                        scan.stopped_at_marker = true;
+                        return ControlFlow::Break(());
+                    }
+                }
             }
-            let caches = &mut *scan.cache;
-            let hit = self
-                .confirm(caches, hay, first, start, m.end(), to)
-                .or_else(|| {
-                    // The pattern that matched here did not validate: another may.
-                    (0..self.detectors.len())
-                        .filter(|&i| i != first)
-                        .find_map(|i| self.confirm_anchored(caches, hay, i, start, to))
-                });
             match hit {
                 Some((i, range, end)) => {
                     // A detector that redacts a group (the value after `password is`) must
@@ -478,6 +509,23 @@ impl Redactor {
             at = ceil_char(hay, at);
         }
         ControlFlow::Continue(())
+    }
+
+    /// Whether a marker starts in `range` of the haystack.
+    fn marker_within(
+        &self,
+        caches: &mut SearchCaches,
+        hay: &str,
+        range: std::ops::Range<usize>,
+    ) -> bool {
+        let (Some(regex), Some(cache)) = (&self.marker_regex, caches.markers.as_mut()) else {
+            return false;
+        };
+        let to = (range.end + self.longest_marker).min(hay.len());
+        let input = Input::new(hay).range(range.start..to);
+        regex
+            .search_with(cache, &input)
+            .is_some_and(|m| m.start() < range.end)
     }
 
     /// Confirms the combined automaton's match of detector `i` at `start..end`: returns the
@@ -1143,6 +1191,7 @@ fn push_string_edit(
 /// with its captures (for the confirmations of the combined automaton's matches).
 struct SearchCaches {
     combined: MetaCache,
+    markers: Option<MetaCache>,
     detectors: Vec<(MetaCache, regex_automata::util::captures::Captures)>,
 }
 

@@ -831,6 +831,37 @@ fn key_rules_apply_inside_json_values() {
     assert!(text.contains("<SECRET>"));
 }
 
+/// A key rule's literal that a detector also matches where it starts (`password": "` is the
+/// start of the `secret` detector's `password: value`) still has the JSON value parsed, so
+/// that the key's rule masks the whole value, not only the detector's first word. So does a
+/// literal inside what a detector matched (a key that holds an email).
+#[test]
+fn key_rule_literals_that_detectors_also_match_still_apply_the_key_rules() {
+    let text = redacted_with_attributes(
+        &redactor(),
+        &[
+            (
+                "gen_ai.tool.call.arguments",
+                r#"{"password": "correct horse battery staple", "n": 1}"#,
+            ),
+            (
+                "gen_ai.tool.call.result",
+                r#"{"ops.password@example.com": "tabby kitten marmalade", "n": 2}"#,
+            ),
+        ],
+    );
+    for gone in [
+        "horse",
+        "battery",
+        "staple",
+        "kitten",
+        "marmalade",
+        "ops.password@",
+    ] {
+        assert!(!text.contains(gone), "{gone} in {text}");
+    }
+}
+
 /// Key rules apply inside JSON values whatever their glob: the literal search that decides
 /// whether a JSON value is parsed for its keys takes a glob's literal only where every key it
 /// matches contains that literal, so a rule with alternatives (`{otp,pin}`) or a character

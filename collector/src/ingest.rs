@@ -48,6 +48,9 @@ pub struct Ingest {
     inflight: Arc<Semaphore>,
     config: IngestConfig,
     metrics: Arc<CollectorMetrics>,
+    /// The nice value of the threads that receive exports: the process's when the ingest
+    /// path was built, plus `ingest.receiver_nice`; `None` when that is 0.
+    receiver_priority: Option<i32>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -67,6 +70,8 @@ impl Ingest {
         config: IngestConfig,
         metrics: Arc<CollectorMetrics>,
     ) -> Self {
+        let receiver_priority =
+            (config.receiver_nice != 0).then(|| (thread_priority() + config.receiver_nice).min(19));
         Self {
             normalizer: Arc::new(normalizer),
             wal,
@@ -74,6 +79,7 @@ impl Ingest {
             inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
             config,
             metrics,
+            receiver_priority,
         }
     }
 
@@ -133,14 +139,14 @@ impl Ingest {
     ) -> Result<ExportOutcome, IngestError> {
         CollectorMetrics::add(&self.metrics.requests, 1);
         CollectorMetrics::add(&self.metrics.bytes_received, payload_bytes as u64);
-        let nice = self.config.receiver_nice;
-        lower_thread_priority_once(nice);
+        let priority = self.receiver_priority;
+        lower_thread_priority_once(priority);
         if request.is_empty() {
             return Ok(ExportOutcome::default());
         }
         let normalizer = self.normalizer.clone();
         let (normalized, payload) = tokio::task::spawn_blocking(move || {
-            lower_thread_priority_once(nice);
+            lower_thread_priority_once(priority);
             let normalized = normalizer.normalize_wire(&request, SystemTime::now())?;
             let payload = normalized.batch.as_ref().map(encode_batch);
             Ok::<_, runledger_processor::WireError>((normalized, payload))
@@ -190,35 +196,53 @@ impl Ingest {
     }
 }
 
-/// Lowers the calling thread's scheduling priority by `increment` (a nice increment), once
-/// per thread: the threads that receive and normalise exports yield the CPU to the flusher's
-/// and the WAL's, which are started before any export and keep the process's priority
-/// (`ingest.receiver_nice`). On Linux the nice value belongs to the thread; a failure (a
-/// limit on niceness) leaves the thread as it was.
-fn lower_thread_priority_once(increment: i32) {
+/// Sets the calling thread's nice value to `priority`, once per thread: the threads that
+/// receive and normalise exports yield the CPU to the flusher's and the WAL's, which are
+/// started before any export and keep the process's priority (`ingest.receiver_nice`). On
+/// Linux the nice value belongs to the thread and a new thread inherits its creator's: the
+/// value is set, not lowered by an increment, so that a thread started by a receiving thread
+/// (tokio's blocking pool grows from them) is not lowered twice. A failure leaves the thread
+/// as it was.
+fn lower_thread_priority_once(priority: Option<i32>) {
     thread_local! {
         static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    if increment == 0 || LOWERED.get() {
+    let Some(priority) = priority else { return };
+    if LOWERED.get() {
         return;
     }
     LOWERED.set(true);
     #[cfg(target_os = "linux")]
     {
-        // nice(2) may return -1 as the new nice value: only errno tells a failure.
-        // SAFETY: errno is this thread's; nice(2) takes an integer and changes only the
-        // calling thread's nice value.
-        let failed = unsafe {
-            *libc::__errno_location() = 0;
-            libc::nice(increment) == -1 && *libc::__errno_location() != 0
-        };
-        if failed {
+        // SAFETY: with `who` 0, setpriority(2) changes only the calling thread's nice value.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, priority) } != 0 {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
                 "lowering a receiver thread's priority"
             );
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = priority;
+}
+
+/// The calling thread's nice value (0 where it cannot be read).
+fn thread_priority() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        // getpriority(2) may return -1 as a nice value: only errno tells a failure.
+        // SAFETY: errno is this thread's; with `who` 0 getpriority reads the calling thread.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+            if nice == -1 && *libc::__errno_location() != 0 {
+                return 0;
+            }
+            nice
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
 }
 
 /// A batch as one Arrow IPC stream: the WAL record format.

@@ -63,13 +63,15 @@ struct KeyDecision {
 
 /// The compiled rules. Cheap to share: the flusher holds it in an `Arc`.
 pub struct Redactor {
-    /// One automaton over the literals of the key rules (markers, see `key_markers`), then
+    /// One automaton over the literals of the key rules (markers, see `marker_regex`), then
     /// every detector's pattern; the pattern id says which matched (with no pattern, it
     /// never matches).
     combined: MetaRegex,
     /// The number of markers: pattern `markers + i` of `combined` is detector `i`.
     markers: usize,
-    /// The markers alone, to find one inside what a detector matched.
+    /// The markers alone, to find one inside what a detector matched. `None` when some key
+    /// rule has no literal: then `combined` has no markers, and every JSON value is parsed
+    /// for its keys; with markers, only a value whose scan meets one.
     marker_regex: Option<MetaRegex>,
     /// The length of the longest marker.
     longest_marker: usize,
@@ -83,10 +85,6 @@ pub struct Redactor {
     kinds: Vec<String>,
     key_globs: globset::GlobSet,
     key_decisions: Vec<KeyDecision>,
-    /// Whether the combined automaton carries the key rules' literals as markers. A JSON
-    /// value is parsed, to apply key rules to its keys, only when its scan meets a marker;
-    /// without markers (some rule has no literal) it is always parsed.
-    key_markers: bool,
     mac: Hmac<Sha256>,
     /// Typed columns filled from attributes, with the keys they come from: a key rule on one
     /// of those keys applies to the column too.
@@ -222,8 +220,7 @@ impl Redactor {
         // for the literals and again for the detectors. They come first: where a detector
         // matches at the same place (`password": "x` is also the `secret` detector's), the
         // marker is seen and the scan tries the detectors there itself.
-        let key_markers = every_rule_has_literal;
-        let marker_patterns: Vec<String> = if key_markers {
+        let marker_patterns: Vec<String> = if every_rule_has_literal {
             literals
                 .iter()
                 .map(|l| format!("(?i:{})", regex::escape(l)))
@@ -233,7 +230,7 @@ impl Redactor {
         };
         let markers = marker_patterns.len();
         let longest_marker = literals.iter().map(String::len).max().unwrap_or(0);
-        let marker_regex = if key_markers {
+        let marker_regex = if every_rule_has_literal {
             Some(
                 MetaRegex::new_many(&marker_patterns)
                     .map_err(|e| RedactionConfigError(format!("key rule literals: {e}")))?,
@@ -286,7 +283,6 @@ impl Redactor {
             kinds,
             key_globs,
             key_decisions,
-            key_markers,
             markers,
             marker_regex,
             longest_marker,
@@ -432,15 +428,7 @@ impl Redactor {
         if scan.edits.is_empty() {
             return Some(Edit::Keep);
         }
-        let mut out = String::with_capacity(text.len());
-        let mut copied = 0;
-        for (range, replacement) in &scan.edits {
-            out.push_str(&text[copied..range.start]);
-            out.push_str(replacement);
-            copied = range.end;
-        }
-        out.push_str(&text[copied..]);
-        Some(Edit::Replace(out))
+        Some(Edit::Replace(splice(text, &scan.edits)))
     }
 
     /// Finds what the detectors redact in `from..to` of the haystack (matches end by `to`;
@@ -675,15 +663,7 @@ impl Redactor {
         if edits.is_empty() {
             return Edit::Keep;
         }
-        let mut out = String::with_capacity(value.len());
-        let mut copied = 0;
-        for (range, replacement) in &edits {
-            out.push_str(&value[copied..range.start]);
-            out.push_str(replacement);
-            copied = range.end;
-        }
-        out.push_str(&value[copied..]);
-        Edit::Replace(out)
+        Edit::Replace(splice(value, &edits))
     }
 
     /// A value that may hold JSON, redacted in one piece.
@@ -700,7 +680,7 @@ impl Redactor {
         }
         // A JSON value is scanned as text until the first key rule's literal: without one,
         // no key rule applies inside it and the text scan is its redaction.
-        if self.key_markers {
+        if self.marker_regex.is_some() {
             if let Some(edit) = self.scan_until_marker(cache, value, counts, None, true) {
                 return edit;
             }
@@ -913,9 +893,7 @@ impl Redactor {
             let row_counts = &mut counts[row * kinds..(row + 1) * kinds];
             if let Some((last, edit, last_found)) = &previous {
                 if *last == value {
-                    for &(kind, n) in last_found {
-                        row_counts[kind] += n;
-                    }
+                    add_found(row_counts, last_found);
                     push_string_edit(&mut edits, row, edit.clone(), nullable);
                     continue;
                 }
@@ -934,13 +912,8 @@ impl Redactor {
                     ColumnRedaction::Detectors(force) => self.scan(cache, value, counts, force),
                 },
             );
-            let mut value_found = Vec::new();
-            for (kind, n) in found.iter_mut().enumerate() {
-                if *n > 0 {
-                    row_counts[kind] += *n;
-                    value_found.push((kind, std::mem::take(n)));
-                }
-            }
+            let value_found = drain_found(&mut found);
+            add_found(row_counts, &value_found);
             push_string_edit(&mut edits, row, edit.clone(), nullable);
             previous = Some((value, edit, value_found));
         }
@@ -1158,18 +1131,40 @@ fn memoized<K: std::hash::Hash + Eq>(
     let (edit, found) = memo.entry(key).or_insert_with(|| {
         let mut scratch = vec![0u32; counts.len()];
         let edit = redact(&mut scratch);
-        let found = scratch
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(kind, n)| (kind, *n))
-            .collect();
-        (edit, found)
+        (edit, drain_found(&mut scratch))
     });
-    for &(kind, n) in found.iter() {
+    add_found(counts, found);
+    edit.clone()
+}
+
+/// `text` with each range replaced (ranges in order, not overlapping).
+fn splice(text: &str, edits: &[(std::ops::Range<usize>, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (range, replacement) in edits {
+        out.push_str(&text[copied..range.start]);
+        out.push_str(replacement);
+        copied = range.end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The non-zero counts of `counts` as findings, each slot reset to zero.
+fn drain_found(counts: &mut [u32]) -> Found {
+    counts
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(kind, n)| (kind, std::mem::take(n)))
+        .collect()
+}
+
+/// Adds findings to a row's counts.
+fn add_found(counts: &mut [u32], found: &[(usize, u32)]) {
+    for &(kind, n) in found {
         counts[kind] += n;
     }
-    edit.clone()
 }
 
 /// Records the edit of a string column's row (a drop is a null where the column allows it).

@@ -199,10 +199,10 @@ fn decode_only(runs: u64, runs_per_request: usize) -> (f64, u64) {
     let mut spans = 0u64;
     let mut generated = 0;
     while generated < runs {
-        let (request, n) = generator.next_request(runs_per_request);
+        let (request, n) = generator.next_request_encoded(runs_per_request);
         spans += n as u64;
         generated += runs_per_request as u64;
-        encoded.push(request.encode_to_vec());
+        encoded.push(request);
     }
     let mut best = 0.0f64;
     // Three passes, best of: the first warms the allocator and caches.
@@ -506,9 +506,7 @@ fn redaction_throughput(runs: u64, runs_per_request: usize) -> anyhow::Result<Re
     let mut generated = 0;
     while generated < runs {
         // Encoded once, as they arrive at the collector, which normalises them in place.
-        requests.push(prost::Message::encode_to_vec(
-            &generator.next_request(runs_per_request).0,
-        ));
+        requests.push(generator.next_request_encoded(runs_per_request).0);
         generated += runs_per_request as u64;
     }
     let mut best_normalize = 0.0f64;

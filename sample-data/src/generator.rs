@@ -1,19 +1,15 @@
 //! The traffic generator.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    any_value::Value, AnyValue, InstrumentationScope, KeyValue,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span::{Event, SpanKind},
-    status::StatusCode,
-    ResourceSpans, ScopeSpans, Span, Status,
-};
-use rand::{Rng, SeedableRng};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, ScopeSpans, Span};
+use prost::Message as _;
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::protobuf::{field, field_len, ProtoWriter};
 
 /// A tool an agent can call.
 #[derive(Debug, Clone, Copy)]
@@ -260,24 +256,56 @@ pub struct GeneratedRun {
 pub struct Generator {
     rng: ChaCha8Rng,
     options: GeneratorOptions,
+    /// A run's spans other than the root, written before it (kept for its allocation).
+    children: ProtoWriter,
+    /// The spans of the request being written, by service (kept for their allocations).
+    by_service: BTreeMap<&'static str, ProtoWriter>,
 }
 
-fn kv(key: &str, value: impl Into<Value>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(value.into()),
-        }),
-        ..Default::default()
+/// Span kinds and status codes as their protobuf numbers.
+const KIND_INTERNAL: u64 = SpanKind::Internal as u64;
+const KIND_SERVER: u64 = SpanKind::Server as u64;
+const KIND_CLIENT: u64 = SpanKind::Client as u64;
+const STATUS_OK: u64 = StatusCode::Ok as u64;
+const STATUS_ERROR: u64 = StatusCode::Error as u64;
+const ERRORS: &[&str] = &[
+    "TimeoutError",
+    "HTTPError 503",
+    "RateLimitError",
+    "ValidationError",
+];
+/// A span's attributes.
+const ATTR: u32 = field::SPAN_ATTRIBUTES;
+
+/// Writes a span's fields that come before its attributes.
+#[allow(clippy::too_many_arguments)]
+fn span_header(
+    w: &mut ProtoWriter,
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+    name: std::fmt::Arguments<'_>,
+    kind: u64,
+    start: u64,
+    end: u64,
+) {
+    w.bytes(field::SPAN_TRACE_ID, trace_id);
+    w.bytes(field::SPAN_SPAN_ID, span_id);
+    w.bytes(field::SPAN_PARENT_SPAN_ID, parent_span_id);
+    w.string_fmt(field::SPAN_NAME, name);
+    w.uint(field::SPAN_KIND, kind);
+    w.fixed64(field::SPAN_START, start);
+    w.fixed64(field::SPAN_END, end);
+}
+
+/// A span's status, with its message if it has one.
+fn status(w: &mut ProtoWriter, code: u64, message: Option<std::fmt::Arguments<'_>>) {
+    let open = w.begin(field::SPAN_STATUS);
+    if let Some(message) = message {
+        w.string_fmt(field::STATUS_MESSAGE, message);
     }
-}
-
-fn s(v: impl Into<String>) -> Value {
-    Value::StringValue(v.into())
-}
-
-fn i(v: i64) -> Value {
-    Value::IntValue(v)
+    w.uint(field::STATUS_CODE, code);
+    w.end(open);
 }
 
 impl Generator {
@@ -286,6 +314,8 @@ impl Generator {
         Self {
             rng: ChaCha8Rng::seed_from_u64(options.seed),
             options,
+            children: ProtoWriter::default(),
+            by_service: BTreeMap::new(),
         }
     }
 
@@ -293,38 +323,36 @@ impl Generator {
         &items[self.rng.random_range(0..items.len())]
     }
 
-    fn hex_id(&mut self, bytes: usize) -> Vec<u8> {
+    /// A random id of `N` bytes, not all zero.
+    fn id<const N: usize>(&mut self) -> [u8; N] {
         loop {
-            let id: Vec<u8> = (0..bytes).map(|_| self.rng.random()).collect();
+            let mut id = [0u8; N];
+            self.rng.fill_bytes(&mut id);
             if id.iter().any(|b| *b != 0) {
                 return id;
             }
         }
     }
 
-    fn person(&mut self) -> (String, String) {
+    fn person(&mut self) -> (&'static str, &'static str, &'static str, u32) {
         let first = *self.pick(FIRST_NAMES);
         let last = *self.pick(LAST_NAMES);
         let domain = *self.pick(DOMAINS);
-        let n: u32 = self.rng.random_range(1..99);
-        (
-            format!("{first} {last}"),
-            format!("{first}.{last}{n}@{domain}"),
-        )
+        (first, last, domain, self.rng.random_range(1..99))
     }
 
     /// A user message with the personal data real prompts carry.
     fn prompt(&mut self, workflow: &Workflow) -> String {
-        let (name, email) = self.person();
+        let (first, last, domain, n) = self.person();
         let phone = *self.pick(PHONES);
         let order: u32 = self.rng.random_range(100_000..999_999);
         match workflow.name {
             "refunds" => {
                 let card = *self.pick(CARDS);
-                format!("Hi, this is {name} ({email}, {phone}). Order #{order} arrived broken; please refund it to my card {card}.")
+                format!("Hi, this is {first} {last} ({first}.{last}{n}@{domain}, {phone}). Order #{order} arrived broken; please refund it to my card {card}.")
             }
             "support_triage" => format!(
-                "Ticket from {email}: the export job fails since yesterday. Call me back on {phone}. Account {order}."
+                "Ticket from {first}.{last}{n}@{domain}: the export job fails since yesterday. Call me back on {phone}. Account {order}."
             ),
             "incident_remediation" => {
                 let ip = format!("10.{}.{}.{}", self.rng.random_range(0..255), self.rng.random_range(0..255), self.rng.random_range(1..255));
@@ -333,7 +361,7 @@ impl Generator {
             }
             _ => {
                 let iban = *self.pick(IBANS);
-                format!("Lead {name} <{email}>, {phone}, wants a quote; billing IBAN {iban}.")
+                format!("Lead {first} {last} <{first}.{last}{n}@{domain}>, {phone}, wants a quote; billing IBAN {iban}.")
             }
         }
     }
@@ -345,32 +373,60 @@ impl Generator {
             .collect()
     }
 
-    fn token(&mut self, n: usize) -> String {
+    /// `n` random letters and digits, appended to `out`.
+    fn token_into(&mut self, n: usize, out: &mut Vec<u8>) {
         const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        (0..n)
-            .map(|_| CHARS[self.rng.random_range(0..CHARS.len())] as char)
-            .collect()
+        out.extend((0..n).map(|_| CHARS[self.rng.random_range(0..CHARS.len())]));
     }
 
-    /// Tool arguments, with personal data and now and then a credential.
-    fn tool_arguments(&mut self, tool: &Tool) -> String {
-        let (_, email) = self.person();
+    /// Tool arguments, with personal data and now and then a credential, appended to `out`.
+    fn tool_arguments(&mut self, tool: &Tool, out: &mut Vec<u8>) {
+        let (first, last, domain, n) = self.person();
         let order: u32 = self.rng.random_range(100_000..999_999);
-        let secret = match self.rng.random_range(0..20) {
-            0 => format!(", \"api_key\": \"sk-proj-{}\"", self.token(40)),
-            1 => format!(", \"authorization\": \"Bearer {}\"", self.token(32)),
-            2 => format!(
-                ", \"slack_webhook_token\": \"xoxb-{}-{}\"",
-                self.rng.random_range(100_000_000u64..999_999_999),
-                self.token(24)
-            ),
-            _ => String::new(),
+        let write = |out: &mut Vec<u8>, args: std::fmt::Arguments<'_>| {
+            out.write_fmt(args).expect("writing to a Vec cannot fail")
         };
         match tool.name {
-            "issue_refund" => format!("{{\"order_id\": \"{order}\", \"amount\": {}.{:02}, \"currency\": \"USD\", \"notify\": \"{email}\"{secret}}}", self.rng.random_range(5..500), self.rng.random_range(0..100)),
-            "send_email" => format!("{{\"to\": \"{email}\", \"template\": \"update\"{secret}}}"),
-            _ => format!("{{\"query\": \"{} {order}\", \"requested_by\": \"{email}\"{secret}}}", tool.name),
+            "issue_refund" => {
+                let (dollars, cents) =
+                    (self.rng.random_range(5..500), self.rng.random_range(0..100));
+                write(out, format_args!("{{\"order_id\": \"{order}\", \"amount\": {dollars}.{cents:02}, \"currency\": \"USD\", \"notify\": \"{first}.{last}{n}@{domain}\""));
+            }
+            "send_email" => write(
+                out,
+                format_args!("{{\"to\": \"{first}.{last}{n}@{domain}\", \"template\": \"update\""),
+            ),
+            _ => write(
+                out,
+                format_args!(
+                    "{{\"query\": \"{} {order}\", \"requested_by\": \"{first}.{last}{n}@{domain}\"",
+                    tool.name
+                ),
+            ),
         }
+        match self.rng.random_range(0..20) {
+            0 => {
+                out.extend_from_slice(b", \"api_key\": \"sk-proj-");
+                self.token_into(40, out);
+                out.push(b'"');
+            }
+            1 => {
+                out.extend_from_slice(b", \"authorization\": \"Bearer ");
+                self.token_into(32, out);
+                out.push(b'"');
+            }
+            2 => {
+                let team = self.rng.random_range(100_000_000u64..999_999_999);
+                write(
+                    out,
+                    format_args!(", \"slack_webhook_token\": \"xoxb-{team}-"),
+                );
+                self.token_into(24, out);
+                out.push(b'"');
+            }
+            _ => {}
+        }
+        out.push(b'}');
     }
 
     /// What a successful tool call returns.
@@ -397,23 +453,39 @@ impl Generator {
         }
     }
 
-    /// The next run.
+    /// The next run, as structs (tests and tools; the sender uses
+    /// [`next_request_encoded`](Self::next_request_encoded)).
     pub fn next_run(&mut self) -> GeneratedRun {
         let workflow = *self.pick(ALL_WORKFLOWS);
-        let trace_id = self.hex_id(16);
-        let run_id = format!("run-{}", hex::encode(self.hex_id(8)));
+        let mut spans = ProtoWriter::default();
+        let (run_id, _) = self.write_run(&workflow, &mut spans);
+        GeneratedRun {
+            run_id,
+            workflow: workflow.name,
+            service: workflow.service,
+            spans: ScopeSpans::decode(spans.buf.as_slice())
+                .expect("the generator writes valid protobuf")
+                .spans,
+        }
+    }
+
+    /// Writes the next run of `workflow` into `out` as `ScopeSpans.spans` fields, root first;
+    /// returns its run id and span count.
+    fn write_run(&mut self, workflow: &Workflow, out: &mut ProtoWriter) -> (String, usize) {
+        let trace_id = self.id::<16>();
+        let run_id = format!("run-{}", hex::encode(self.id::<8>()));
         let customer = format!(
             "cust-{:04}",
             self.rng.random_range(0..self.options.customers.max(1))
         );
-        let conversation = format!("conv-{}", hex::encode(self.hex_id(6)));
+        let conversation = format!("conv-{}", hex::encode(self.id::<6>()));
         let offset = if self.options.spread_nanos == 0 {
             0
         } else {
             self.rng.random_range(0..self.options.spread_nanos)
         };
         let run_start = self.options.end_unix_nano.saturating_sub(offset);
-        let root_id = self.hex_id(8);
+        let root_id = self.id::<8>();
         let model = *self.pick(workflow.models);
         let runaway = self.rng.random_bool(0.01);
         let steps = if runaway {
@@ -422,13 +494,14 @@ impl Generator {
             self.rng.random_range(1..4)
         };
 
-        let mut spans = Vec::new();
+        // The children are written first (the root's end and outcome depend on them) and
+        // go after the root.
+        let mut w = std::mem::take(&mut self.children);
+        w.buf.clear();
         let mut t = run_start + self.rng.random_range(1_000_000..20_000_000);
         let mut failed_write = false;
         // The conversation so far: every model call is sent the whole history, as agents do.
-        // Messages are kept serialised: the generator is the load generator of the benchmarks
-        // and must cost little next to the collector it measures.
-        let prompt = serde_json::to_string(&self.prompt(&workflow)).expect("strings serialise");
+        let prompt = serde_json::to_string(&self.prompt(workflow)).expect("strings serialise");
         let mut history: Vec<String> = vec![format!(
             r#"{{"role":"user","parts":[{{"type":"text","content":{prompt}}}]}}"#
         )];
@@ -436,12 +509,11 @@ impl Generator {
             r#"[{{"type":"text","content":{}}}]"#,
             serde_json::to_string(workflow.instructions).expect("strings serialise")
         );
-        let common = |spans: &mut Vec<KeyValue>| {
-            spans.push(kv("runledger.run.id", s(run_id.clone())));
-        };
+        let mut call_id = Vec::with_capacity(32);
+        let mut spans = 1;
         for step in 0..steps {
             // A model call decides what to do next.
-            let chat_id = self.hex_id(8);
+            let chat_id = self.id::<8>();
             let input: i64 = self.rng.random_range(400..8_000) + step as i64 * 300;
             let cache_read: i64 = if step > 0 || self.rng.random_bool(0.3) {
                 input * self.rng.random_range(20..80) / 100
@@ -457,58 +529,62 @@ impl Generator {
             let output: i64 = self.rng.random_range(40..900);
             let chat_ns = self.rng.random_range(300_000_000..4_000_000_000u64);
             let tool = *self.pick(workflow.tools);
-            let call_id = format!("call_{}", self.token(24));
-            let mut attributes = vec![
-                kv("gen_ai.operation.name", s("chat")),
-                kv("gen_ai.provider.name", s(model.provider)),
-                kv("gen_ai.request.model", s(model.request)),
-                kv("gen_ai.response.model", s(model.response)),
-                kv("gen_ai.usage.input_tokens", i(input)),
-                kv("gen_ai.usage.output_tokens", i(output)),
-                kv("gen_ai.usage.cache_read.input_tokens", i(cache_read)),
-                kv("gen_ai.system_instructions", s(instructions.clone())),
-                kv(
-                    "gen_ai.input.messages",
-                    s(format!("[{}]", history.join(","))),
+            call_id.clear();
+            call_id.extend_from_slice(b"call_");
+            self.token_into(24, &mut call_id);
+            let call_id = std::str::from_utf8(&call_id).expect("ASCII");
+            let span = w.begin(field::SCOPE_SPANS_SPANS);
+            span_header(
+                &mut w,
+                &trace_id,
+                &chat_id,
+                &root_id,
+                format_args!("chat {}", model.request),
+                KIND_CLIENT,
+                t,
+                t + chat_ns,
+            );
+            w.kv_str(ATTR, "gen_ai.operation.name", "chat");
+            w.kv_str(ATTR, "gen_ai.provider.name", model.provider);
+            w.kv_str(ATTR, "gen_ai.request.model", model.request);
+            w.kv_str(ATTR, "gen_ai.response.model", model.response);
+            w.kv_int(ATTR, "gen_ai.usage.input_tokens", input);
+            w.kv_int(ATTR, "gen_ai.usage.output_tokens", output);
+            w.kv_int(ATTR, "gen_ai.usage.cache_read.input_tokens", cache_read);
+            w.kv_str(ATTR, "gen_ai.system_instructions", &instructions);
+            w.kv_str_with(ATTR, "gen_ai.input.messages", |buf| {
+                buf.push(b'[');
+                for (i, message) in history.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    buf.extend_from_slice(message.as_bytes());
+                }
+                buf.push(b']');
+            });
+            w.kv_fmt(
+                ATTR,
+                "gen_ai.output.messages",
+                format_args!(
+                    r#"[{{"role":"assistant","parts":[{{"type":"tool_call","id":"{call_id}","name":"{}"}}],"finish_reason":"tool_call"}}]"#,
+                    tool.name
                 ),
-                kv(
-                    "gen_ai.output.messages",
-                    s(format!(
-                        r#"[{{"role":"assistant","parts":[{{"type":"tool_call","id":"{call_id}","name":"{}"}}],"finish_reason":"tool_call"}}]"#,
-                        tool.name
-                    )),
-                ),
-                kv(
-                    "gen_ai.response.finish_reasons",
-                    Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
-                        values: vec![AnyValue {
-                            value: Some(s("tool_call")),
-                        }],
-                    }),
-                ),
-            ];
+            );
+            w.kv_str_array(ATTR, "gen_ai.response.finish_reasons", &["tool_call"]);
             if cache_write > 0 {
-                attributes.push(kv(
+                w.kv_int(
+                    ATTR,
                     "gen_ai.usage.cache_creation.input_tokens",
-                    i(cache_write),
-                ));
+                    cache_write,
+                );
             }
             if model.reasoning {
                 let reasoning = output * self.rng.random_range(30..70) / 100;
-                attributes.push(kv("gen_ai.usage.reasoning.output_tokens", i(reasoning)));
+                w.kv_int(ATTR, "gen_ai.usage.reasoning.output_tokens", reasoning);
             }
-            common(&mut attributes);
-            spans.push(Span {
-                trace_id: trace_id.clone(),
-                span_id: chat_id,
-                parent_span_id: root_id.clone(),
-                name: format!("chat {}", model.request),
-                kind: SpanKind::Client as i32,
-                start_time_unix_nano: t,
-                end_time_unix_nano: t + chat_ns,
-                attributes,
-                ..Default::default()
-            });
+            w.kv_str(ATTR, "runledger.run.id", &run_id);
+            w.end(span);
+            spans += 1;
             t += chat_ns + self.rng.random_range(1_000_000..30_000_000);
 
             history.push(format!(
@@ -523,73 +599,73 @@ impl Generator {
                 let fails = self
                     .rng
                     .random_bool(if runaway { 0.5 } else { tool.error_rate });
-                let mut attributes = vec![
-                    kv("gen_ai.operation.name", s("execute_tool")),
-                    kv("gen_ai.tool.name", s(tool.name)),
-                    kv("gen_ai.tool.call.id", s(call_id.clone())),
-                    kv("gen_ai.tool.call.arguments", s(self.tool_arguments(&tool))),
-                    kv(
-                        "runledger.action.side_effect",
-                        s(if tool.write { "write" } else { "read" }),
-                    ),
-                ];
+                let span_id = self.id::<8>();
+                let span = w.begin(field::SCOPE_SPANS_SPANS);
+                span_header(
+                    &mut w,
+                    &trace_id,
+                    &span_id,
+                    &root_id,
+                    format_args!("execute_tool {}", tool.name),
+                    KIND_INTERNAL,
+                    t,
+                    t + tool_ns,
+                );
+                w.kv_str(ATTR, "gen_ai.operation.name", "execute_tool");
+                w.kv_str(ATTR, "gen_ai.tool.name", tool.name);
+                w.kv_str(ATTR, "gen_ai.tool.call.id", call_id);
+                w.kv_str_with(ATTR, "gen_ai.tool.call.arguments", |buf| {
+                    self.tool_arguments(&tool, buf)
+                });
+                w.kv_str(
+                    ATTR,
+                    "runledger.action.side_effect",
+                    if tool.write { "write" } else { "read" },
+                );
                 if attempt > 0 {
-                    attributes.push(kv("runledger.retry.attempt", i(attempt)));
+                    w.kv_int(ATTR, "runledger.retry.attempt", attempt);
                 }
                 if let Some(cost) = tool.cost_usd {
-                    attributes.push(kv("runledger.cost.usd", Value::DoubleValue(cost)));
+                    w.kv_double(ATTR, "runledger.cost.usd", cost);
                 }
-                let mut events = Vec::new();
-                let status = if fails {
-                    let error = *self.pick(&[
-                        "TimeoutError",
-                        "HTTPError 503",
-                        "RateLimitError",
-                        "ValidationError",
-                    ]);
-                    attributes.push(kv("error.type", s(error)));
-                    events.push(Event {
-                        time_unix_nano: t + tool_ns,
-                        name: "exception".into(),
-                        attributes: vec![
-                            kv("exception.type", s(error)),
-                            kv(
-                                "exception.message",
-                                s(format!("{} failed: {error}", tool.name)),
-                            ),
-                        ],
-                        ..Default::default()
-                    });
-                    Some(Status {
-                        code: StatusCode::Error as i32,
-                        message: format!("{error} calling {}", tool.name),
-                    })
+                let error = if fails {
+                    let error = *self.pick(ERRORS);
+                    w.kv_str(ATTR, "error.type", error);
+                    Some(error)
                 } else {
                     if tool.write && !tool.ref_prefix.is_empty() {
-                        let reference = format!("{}{}", tool.ref_prefix, self.token(10));
-                        attributes.push(kv("runledger.action.ref", s(reference)));
+                        w.kv_str_with(ATTR, "runledger.action.ref", |buf| {
+                            buf.extend_from_slice(tool.ref_prefix.as_bytes());
+                            self.token_into(10, buf);
+                        });
                     }
                     last_result = self.tool_result(&tool);
-                    attributes.push(kv("gen_ai.tool.call.result", s(last_result.clone())));
-                    Some(Status {
-                        code: StatusCode::Ok as i32,
-                        message: String::new(),
-                    })
+                    w.kv_str(ATTR, "gen_ai.tool.call.result", &last_result);
+                    None
                 };
-                common(&mut attributes);
-                spans.push(Span {
-                    trace_id: trace_id.clone(),
-                    span_id: self.hex_id(8),
-                    parent_span_id: root_id.clone(),
-                    name: format!("execute_tool {}", tool.name),
-                    kind: SpanKind::Internal as i32,
-                    start_time_unix_nano: t,
-                    end_time_unix_nano: t + tool_ns,
-                    attributes,
-                    events,
-                    status,
-                    ..Default::default()
-                });
+                w.kv_str(ATTR, "runledger.run.id", &run_id);
+                match error {
+                    Some(error) => {
+                        let event = w.begin(field::SPAN_EVENTS);
+                        w.fixed64(field::EVENT_TIME, t + tool_ns);
+                        w.bytes(field::EVENT_NAME, b"exception");
+                        w.kv_str(field::EVENT_ATTRIBUTES, "exception.type", error);
+                        w.kv_fmt(
+                            field::EVENT_ATTRIBUTES,
+                            "exception.message",
+                            format_args!("{} failed: {error}", tool.name),
+                        );
+                        w.end(event);
+                        status(
+                            &mut w,
+                            STATUS_ERROR,
+                            Some(format_args!("{error} calling {}", tool.name)),
+                        );
+                    }
+                    None => status(&mut w, STATUS_OK, None),
+                }
+                w.end(span);
+                spans += 1;
                 t += tool_ns + self.rng.random_range(1_000_000..10_000_000);
                 if !fails {
                     break;
@@ -617,25 +693,27 @@ impl Generator {
         let escalated = !failed_write && self.rng.random_bool(0.05);
         if escalated {
             let review_ns = self.rng.random_range(60..900) * 1_000_000_000u64;
-            let mut attributes = vec![
-                kv("gen_ai.operation.name", s("human_review")),
-                kv(
-                    "runledger.review.seconds",
-                    Value::DoubleValue((review_ns / 1_000_000_000) as f64),
-                ),
-            ];
-            common(&mut attributes);
-            spans.push(Span {
-                trace_id: trace_id.clone(),
-                span_id: self.hex_id(8),
-                parent_span_id: root_id.clone(),
-                name: "human_review".into(),
-                kind: SpanKind::Internal as i32,
-                start_time_unix_nano: t,
-                end_time_unix_nano: t + review_ns,
-                attributes,
-                ..Default::default()
-            });
+            let span_id = self.id::<8>();
+            let span = w.begin(field::SCOPE_SPANS_SPANS);
+            span_header(
+                &mut w,
+                &trace_id,
+                &span_id,
+                &root_id,
+                format_args!("human_review"),
+                KIND_INTERNAL,
+                t,
+                t + review_ns,
+            );
+            w.kv_str(ATTR, "gen_ai.operation.name", "human_review");
+            w.kv_double(
+                ATTR,
+                "runledger.review.seconds",
+                (review_ns / 1_000_000_000) as f64,
+            );
+            w.kv_str(ATTR, "runledger.run.id", &run_id);
+            w.end(span);
+            spans += 1;
             t += review_ns;
         }
         let outcome = if failed_write || (runaway && self.rng.random_bool(0.7)) {
@@ -645,85 +723,105 @@ impl Generator {
         } else {
             "success"
         };
-        let mut attributes = vec![
-            kv("gen_ai.operation.name", s("invoke_agent")),
-            kv("gen_ai.agent.name", s(workflow.agent)),
-            kv("gen_ai.agent.id", s(format!("{}-v3", workflow.agent))),
-            kv(workflow.customer_key, s(customer)),
-            kv("gen_ai.conversation.id", s(conversation)),
-            kv("runledger.run.outcome", s(outcome)),
-        ];
-        if workflow.names_workflow {
-            attributes.push(kv("gen_ai.workflow.name", s(workflow.name)));
-        }
-        common(&mut attributes);
-        let root = Span {
-            trace_id,
-            span_id: root_id,
-            name: if workflow.names_workflow {
-                format!("invoke_agent {}", workflow.agent)
-            } else {
-                workflow.name.to_string()
-            },
-            kind: SpanKind::Server as i32,
-            start_time_unix_nano: run_start,
-            end_time_unix_nano: t + 2_000_000,
-            attributes,
-            status: Some(Status {
-                code: if outcome == "failure" {
-                    StatusCode::Error
-                } else {
-                    StatusCode::Ok
-                } as i32,
-                message: String::new(),
-            }),
-            ..Default::default()
+        let root = out.begin(field::SCOPE_SPANS_SPANS);
+        let (prefix, name) = if workflow.names_workflow {
+            ("invoke_agent ", workflow.agent)
+        } else {
+            ("", workflow.name)
         };
-        spans.insert(0, root);
-        GeneratedRun {
-            run_id,
-            workflow: workflow.name,
-            service: workflow.service,
-            spans,
+        span_header(
+            out,
+            &trace_id,
+            &root_id,
+            &[],
+            format_args!("{prefix}{name}"),
+            KIND_SERVER,
+            run_start,
+            t + 2_000_000,
+        );
+        out.kv_str(ATTR, "gen_ai.operation.name", "invoke_agent");
+        out.kv_str(ATTR, "gen_ai.agent.name", workflow.agent);
+        out.kv_fmt(
+            ATTR,
+            "gen_ai.agent.id",
+            format_args!("{}-v3", workflow.agent),
+        );
+        out.kv_str(ATTR, workflow.customer_key, &customer);
+        out.kv_str(ATTR, "gen_ai.conversation.id", &conversation);
+        out.kv_str(ATTR, "runledger.run.outcome", outcome);
+        if workflow.names_workflow {
+            out.kv_str(ATTR, "gen_ai.workflow.name", workflow.name);
         }
+        out.kv_str(ATTR, "runledger.run.id", &run_id);
+        let code = if outcome == "failure" {
+            STATUS_ERROR
+        } else {
+            STATUS_OK
+        };
+        status(out, code, None);
+        out.end(root);
+        out.append(&w);
+        self.children = w;
+        (run_id, spans)
     }
 
     /// An export request holding `runs` runs, grouped by service as an SDK would batch them.
     /// Returns it with its span count.
     pub fn next_request(&mut self, runs: usize) -> (ExportTraceServiceRequest, usize) {
-        let mut by_service: BTreeMap<&'static str, Vec<Span>> = BTreeMap::new();
+        let (encoded, spans) = self.next_request_encoded(runs);
+        let request = ExportTraceServiceRequest::decode(encoded.as_slice())
+            .expect("the generator writes valid protobuf");
+        (request, spans)
+    }
+
+    /// An export request holding `runs` runs, as [`next_request`](Self::next_request), in
+    /// its protobuf encoding: what the sender sends, written without building the structs.
+    pub fn next_request_encoded(&mut self, runs: usize) -> (Vec<u8>, usize) {
+        let mut by_service = std::mem::take(&mut self.by_service);
         let mut span_count = 0;
         for _ in 0..runs {
-            let run = self.next_run();
-            span_count += run.spans.len();
-            by_service.entry(run.service).or_default().extend(run.spans);
+            let workflow = *self.pick(ALL_WORKFLOWS);
+            let spans = by_service.entry(workflow.service).or_default();
+            span_count += self.write_run(&workflow, spans).1;
         }
-        let resource_spans = by_service
-            .into_iter()
-            .map(|(service, spans)| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![
-                        kv("service.name", s(service)),
-                        kv("service.version", s("3.4.1")),
-                        kv("deployment.environment.name", s("production")),
-                        kv("telemetry.sdk.language", s("python")),
-                        kv("telemetry.sdk.name", s("opentelemetry")),
-                    ],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "runledger.sample_data".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect();
-        (ExportTraceServiceRequest { resource_spans }, span_count)
+        let size = by_service.values().map(|s| s.buf.len() + 256).sum();
+        let mut request = ProtoWriter {
+            buf: Vec::with_capacity(size),
+        };
+        for (service, spans) in &mut by_service {
+            if spans.buf.is_empty() {
+                continue;
+            }
+            let mut resource = ProtoWriter::default();
+            let open = resource.begin(field::RESOURCE_SPANS_RESOURCE);
+            for (key, value) in [
+                ("service.name", *service),
+                ("service.version", "3.4.1"),
+                ("deployment.environment.name", "production"),
+                ("telemetry.sdk.language", "python"),
+                ("telemetry.sdk.name", "opentelemetry"),
+            ] {
+                resource.kv_str(field::RESOURCE_ATTRIBUTES, key, value);
+            }
+            resource.end(open);
+            let mut scope = ProtoWriter::default();
+            let open = scope.begin(field::SCOPE_SPANS_SCOPE);
+            scope.bytes(field::SCOPE_NAME, b"runledger.sample_data");
+            scope.bytes(field::SCOPE_VERSION, env!("CARGO_PKG_VERSION").as_bytes());
+            scope.end(open);
+            // The two outer lengths are known: no need to move the spans once written.
+            let scope_spans = scope.buf.len() + spans.buf.len();
+            let resource_spans =
+                resource.buf.len() + field_len(field::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+            request.len_prefix(field::REQUEST_RESOURCE_SPANS, resource_spans);
+            request.append(&resource);
+            request.len_prefix(field::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+            request.append(&scope);
+            request.append(spans);
+            spans.buf.clear();
+        }
+        self.by_service = by_service;
+        (request.buf, span_count)
     }
 }
 
@@ -747,6 +845,29 @@ mod tests {
         let c = Generator::new(options(8)).next_request(20);
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn requests_are_written_as_prost_encodes_them() {
+        for seed in 0..5 {
+            let mut generator = Generator::new(options(seed));
+            for runs in [1, 7, 80] {
+                let (encoded, spans) = generator.next_request_encoded(runs);
+                let decoded = ExportTraceServiceRequest::decode(encoded.as_slice()).unwrap();
+                assert_eq!(decoded.encode_to_vec(), encoded, "seed {seed}, {runs} runs");
+                let counted: usize = decoded
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum();
+                assert_eq!(counted, spans);
+                assert!(decoded.resource_spans.iter().all(|r| r
+                    .resource
+                    .as_ref()
+                    .is_some_and(|r| r.attributes.iter().any(|a| a.key == "service.name"))));
+            }
+        }
     }
 
     #[test]
@@ -776,6 +897,14 @@ mod tests {
             .status
             .as_ref()
             .is_some_and(|st| st.code == StatusCode::Error as i32)));
+        assert!(spans.iter().any(|s| s
+            .events
+            .iter()
+            .any(|e| e.name == "exception"
+                && e.attributes.iter().any(|a| a.key == "exception.message"))));
+        assert!(spans
+            .iter()
+            .any(|s| s.status.as_ref().is_some_and(|st| !st.message.is_empty())));
         for workflow in WORKFLOWS {
             assert!(runs.iter().any(|r| r.workflow == *workflow), "{workflow}");
         }

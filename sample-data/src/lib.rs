@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod generator;
+mod protobuf;
 mod sender;
 
 pub use generator::{GeneratedRun, Generator, GeneratorOptions, WORKFLOWS};

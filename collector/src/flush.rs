@@ -311,12 +311,19 @@ fn release(prepared: &PreparedSegment, metrics: &CollectorMetrics) {
 /// when there is enough to share (a segment holds tens of thousands of spans).
 const MIN_ROWS_PER_REDACTION_THREAD: usize = 4096;
 
+/// Rows that the redactor takes as one batch. Its memos of repeated values and its caches of
+/// keys live for a batch: past a few thousand rows they grow into tables that miss the CPU's
+/// caches, and cost more than the further repeats they catch (`bench redaction` on batches
+/// of 20,000 rows: 11% slower than on 2,000 to 4,000).
+const ROWS_PER_REDACTION_BATCH: usize = 4096;
+
 /// Redacts `batch` in up to `threads` slices of consecutive rows, side by side: redaction
 /// is the largest share of a segment's flush, and on its own it would leave the redacted
 /// tier's commit far behind the raw one. The slices keep the batch's row order (and so its
-/// grouping by hour) and are appended as they are, without a concatenation. Returns each
-/// slice's redacted batch and totals, and the CPU time spent (thread time, so that waiting
-/// for a core is not counted as redaction).
+/// grouping by hour) and are appended as they are, without a concatenation. Returns the
+/// redacted batches (of at most [`ROWS_PER_REDACTION_BATCH`] rows) with their totals, in row
+/// order, and the CPU time spent (thread time, so that waiting for a core is not counted as
+/// redaction).
 fn redact_side_by_side(
     redactor: &Redactor,
     batch: &RecordBatch,
@@ -327,10 +334,16 @@ fn redact_side_by_side(
     let chunk = rows.div_ceil(parts);
     let redact = |offset: usize| {
         let started = thread_cpu_time();
-        let slice = batch.slice(offset, chunk.min(rows - offset));
-        let redacted = redactor
-            .redact_batch(&slice)
-            .map_err(|e| format!("redacting: {e}"));
+        let end = offset + chunk.min(rows - offset);
+        let redacted = (offset..end)
+            .step_by(ROWS_PER_REDACTION_BATCH)
+            .map(|at| {
+                let slice = batch.slice(at, ROWS_PER_REDACTION_BATCH.min(end - at));
+                redactor
+                    .redact_batch(&slice)
+                    .map_err(|e| format!("redacting: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>();
         (redacted, thread_cpu_time().saturating_sub(started))
     };
     let results: Vec<_> = if parts == 1 {
@@ -351,10 +364,10 @@ fn redact_side_by_side(
         })
     };
     let cpu = results.iter().map(|(_, cpu)| *cpu).sum();
-    let parts = results
-        .into_iter()
-        .map(|(redacted, _)| redacted)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut parts = Vec::new();
+    for (redacted, _) in results {
+        parts.extend(redacted?);
+    }
     Ok((parts, cpu))
 }
 
@@ -450,15 +463,24 @@ mod tests {
         let batch = spans_with_pii(3 * MIN_ROWS_PER_REDACTION_THREAD + 5);
         let (whole, _) = redact_side_by_side(&redactor, &batch, 1).unwrap();
         let (parts, _) = redact_side_by_side(&redactor, &batch, 3).unwrap();
-        assert_eq!(whole.len(), 1);
-        assert_eq!(parts.len(), 3, "one slice per thread");
+        // One thread: 3 full redaction batches and the rest; three threads: 4,098 rows
+        // each, a full batch and 2 rows.
+        assert_eq!(whole.len(), 4);
+        assert_eq!(parts.len(), 6, "each thread's slice in redaction batches");
+        assert!(parts
+            .iter()
+            .chain(&whole)
+            .all(|(b, _)| b.num_rows() <= ROWS_PER_REDACTION_BATCH));
         let schema = batch.schema();
-        let joined = arrow::compute::concat_batches(
-            &schema,
-            &parts.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>(),
-        )
-        .unwrap();
-        assert_eq!(joined, whole[0].0);
+        let joined = |parts: &[(RecordBatch, RedactionTotals)]| {
+            arrow::compute::concat_batches(
+                &schema,
+                &parts.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        assert_eq!(joined(&parts), joined(&whole));
+        assert_eq!(joined(&parts).num_rows(), batch.num_rows());
         let total = |totals: &[&RedactionTotals]| {
             let mut sum = std::collections::BTreeMap::<String, u64>::new();
             for t in totals {
@@ -468,7 +490,7 @@ mod tests {
             }
             sum
         };
-        let whole_totals = total(&[&whole[0].1]);
+        let whole_totals = total(&whole.iter().map(|(_, t)| t).collect::<Vec<_>>());
         assert_eq!(
             total(&parts.iter().map(|(_, t)| t).collect::<Vec<_>>()),
             whole_totals

@@ -154,29 +154,36 @@ impl ProtoWriter {
         self.buf.extend_from_slice(&other.buf);
     }
 
-    /// A `KeyValue` with a string value, as field `field`.
-    pub(crate) fn kv_str(&mut self, field: u32, key: &str, value: &str) {
+    /// A `KeyValue` as field `field`: its key, and the `AnyValue` whose fields `value`
+    /// writes.
+    fn kv(&mut self, field: u32, key: &str, value: impl FnOnce(&mut Self)) {
         let kv = self.begin(field);
         self.bytes(KEY_VALUE_KEY, key.as_bytes());
         let any = self.begin(KEY_VALUE_VALUE);
-        // The oneof's member is written even when empty.
-        self.key(ANY_STRING, LEN);
-        self.varint(value.len() as u64);
-        self.buf.extend_from_slice(value.as_bytes());
+        value(self);
         self.end(any);
         self.end(kv);
     }
 
+    /// An `AnyValue`'s string member; written even when empty, as a oneof's member is.
+    fn any_string(&mut self, value: &str) {
+        self.key(ANY_STRING, LEN);
+        self.varint(value.len() as u64);
+        self.buf.extend_from_slice(value.as_bytes());
+    }
+
+    /// A `KeyValue` with a string value, as field `field`.
+    pub(crate) fn kv_str(&mut self, field: u32, key: &str, value: &str) {
+        self.kv(field, key, |w| w.any_string(value));
+    }
+
     /// A `KeyValue` whose string value `write` appends, as field `field`.
     pub(crate) fn kv_str_with(&mut self, field: u32, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
-        let kv = self.begin(field);
-        self.bytes(KEY_VALUE_KEY, key.as_bytes());
-        let any = self.begin(KEY_VALUE_VALUE);
-        let text = self.begin(ANY_STRING);
-        write(&mut self.buf);
-        self.end(text);
-        self.end(any);
-        self.end(kv);
+        self.kv(field, key, |w| {
+            let text = w.begin(ANY_STRING);
+            write(&mut w.buf);
+            w.end(text);
+        });
     }
 
     /// A `KeyValue` with a formatted string value, as field `field`.
@@ -188,42 +195,31 @@ impl ProtoWriter {
 
     /// A `KeyValue` with an integer value, as field `field`.
     pub(crate) fn kv_int(&mut self, field: u32, key: &str, value: i64) {
-        let kv = self.begin(field);
-        self.bytes(KEY_VALUE_KEY, key.as_bytes());
-        let any = self.begin(KEY_VALUE_VALUE);
-        self.key(ANY_INT, VARINT);
-        self.varint(value as u64);
-        self.end(any);
-        self.end(kv);
+        self.kv(field, key, |w| {
+            w.key(ANY_INT, VARINT);
+            w.varint(value as u64);
+        });
     }
 
     /// A `KeyValue` with a double value, as field `field`.
     pub(crate) fn kv_double(&mut self, field: u32, key: &str, value: f64) {
-        let kv = self.begin(field);
-        self.bytes(KEY_VALUE_KEY, key.as_bytes());
-        let any = self.begin(KEY_VALUE_VALUE);
-        self.key(ANY_DOUBLE, FIXED64);
-        self.buf.extend_from_slice(&value.to_bits().to_le_bytes());
-        self.end(any);
-        self.end(kv);
+        self.kv(field, key, |w| {
+            w.key(ANY_DOUBLE, FIXED64);
+            w.buf.extend_from_slice(&value.to_bits().to_le_bytes());
+        });
     }
 
     /// A `KeyValue` with an array of strings, as field `field`.
     pub(crate) fn kv_str_array(&mut self, field: u32, key: &str, values: &[&str]) {
-        let kv = self.begin(field);
-        self.bytes(KEY_VALUE_KEY, key.as_bytes());
-        let any = self.begin(KEY_VALUE_VALUE);
-        let array = self.begin(ANY_ARRAY);
-        for value in values {
-            let item = self.begin(ARRAY_VALUES);
-            self.key(ANY_STRING, LEN);
-            self.varint(value.len() as u64);
-            self.buf.extend_from_slice(value.as_bytes());
-            self.end(item);
-        }
-        self.end(array);
-        self.end(any);
-        self.end(kv);
+        self.kv(field, key, |w| {
+            let array = w.begin(ANY_ARRAY);
+            for value in values {
+                let item = w.begin(ARRAY_VALUES);
+                w.any_string(value);
+                w.end(item);
+            }
+            w.end(array);
+        });
     }
 }
 

@@ -32,7 +32,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::{Cache as MetaCache, Regex as MetaRegex};
 use regex_automata::{Anchored, Input};
 use runledger_schemas::{col, conventions};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::Sha256;
 
 pub use config::{Action, CustomRule, KeyRule, RedactionConfig, DEFAULT_SECRET_KEYS};
@@ -598,18 +598,20 @@ impl Redactor {
 
     /// Redacts an attribute value: its key's rule if one matches, else the detectors (and
     /// key rules on the keys inside a JSON value).
+    #[allow(clippy::too_many_arguments)]
     fn redact_value<'b>(
         &self,
         cache: &mut SearchCaches,
         keys: &mut KeyCache,
         elements: &mut Memo<&'b str>,
+        clean: &mut CleanValues<'b>,
         decision: Option<&KeyDecision>,
         value: &'b str,
         counts: &mut [u32],
     ) -> Edit {
         match decision {
             Some(d) => self.apply_key_rule(d, value, counts),
-            None => self.redact_text_or_json(cache, keys, elements, value, counts),
+            None => self.redact_text_or_json(cache, keys, elements, clean, value, counts),
         }
     }
 
@@ -621,15 +623,45 @@ impl Redactor {
         cache: &mut SearchCaches,
         keys: &mut KeyCache,
         elements: &mut Memo<&'b str>,
+        clean: &mut CleanValues<'b>,
         value: &'b str,
         counts: &mut [u32],
     ) -> Edit {
+        if value.len() <= CLEAN_MEMO_MAX_BYTES && !looks_like_json(value) {
+            return self.scan_memo_clean(cache, clean, value, counts, None);
+        }
         if value.len() >= MEMO_MIN_BYTES {
             if let Some(items) = json_array_elements(value) {
                 return self.redact_elements(cache, keys, elements, value, &items, counts);
             }
         }
         self.redact_text_or_json_whole(cache, keys, value, counts)
+    }
+
+    /// [`Self::scan`] of a value that is not JSON, remembering short values that it leaves
+    /// as they are: most of a span's values are short and repeat across the spans of a
+    /// batch (operation and model names, finish reasons, token counts), and a search costs
+    /// far more than a lookup. A value that is kept had nothing found in it (every finding
+    /// is an edit), so a repeat is kept and counts nothing, as its scan would.
+    fn scan_memo_clean<'b>(
+        &self,
+        cache: &mut SearchCaches,
+        clean: &mut CleanValues<'b>,
+        value: &'b str,
+        counts: &mut [u32],
+        force: Option<Action>,
+    ) -> Edit {
+        if value.len() > CLEAN_MEMO_MAX_BYTES {
+            return self.scan(cache, value, counts, force);
+        }
+        if clean.contains(value) {
+            return Edit::Keep;
+        }
+        let edit = self.scan(cache, value, counts, force);
+        if matches!(edit, Edit::Keep) {
+            clean.insert(value);
+        }
+        edit
     }
 
     /// The elements of a JSON array (slices of `value`, separators and brackets between
@@ -674,8 +706,7 @@ impl Redactor {
         value: &str,
         counts: &mut [u32],
     ) -> Edit {
-        let looks_like_json = matches!(value.trim_start().as_bytes().first(), Some(b'{' | b'['));
-        if !looks_like_json {
+        if !looks_like_json(value) {
             return self.scan(cache, value, counts, None);
         }
         // A JSON value is scanned as text until the first key rule's literal: without one,
@@ -790,6 +821,7 @@ impl Redactor {
         let schema = batch.schema();
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         let mut key_cache = KeyCache::default();
+        let mut clean = CleanValues::default();
 
         for (i, field) in schema.fields().iter().enumerate() {
             let name = field.name().as_str();
@@ -807,7 +839,7 @@ impl Redactor {
                 | col::HOUR
                 | col::REDACTIONS => None,
                 col::ATTRIBUTES | col::RESOURCE_ATTRIBUTES | col::SCOPE_ATTRIBUTES => {
-                    self.redact_map(cache, column, &mut counts, &mut key_cache)?
+                    self.redact_map(cache, column, &mut counts, &mut key_cache, &mut clean)?
                 }
                 _ if field.data_type() == &arrow::datatypes::DataType::Utf8 => {
                     let rule = self
@@ -827,7 +859,7 @@ impl Redactor {
                     };
                     let nullable = field.is_nullable();
                     let keys = &mut key_cache;
-                    self.redact_strings(cache, keys, column, nullable, how, &mut counts)
+                    self.redact_strings(cache, keys, &mut clean, column, nullable, how, &mut counts)
                 }
                 _ => None,
             };
@@ -870,11 +902,13 @@ impl Redactor {
 
     /// A string column: a key rule for the whole column (derived from a denied key), else
     /// the detectors on each value. `None` when nothing changed.
-    fn redact_strings(
+    #[allow(clippy::too_many_arguments)]
+    fn redact_strings<'b>(
         &self,
         cache: &mut SearchCaches,
         keys: &mut KeyCache,
-        column: &ArrayRef,
+        clean: &mut CleanValues<'b>,
+        column: &'b ArrayRef,
         nullable: bool,
         how: ColumnRedaction<'_>,
         counts: &mut [u32],
@@ -907,9 +941,11 @@ impl Redactor {
                 |counts| match how {
                     ColumnRedaction::KeyRule(d) => self.apply_key_rule(d, value, counts),
                     ColumnRedaction::TextOrJson => {
-                        self.redact_text_or_json(cache, keys, &mut elements, value, counts)
+                        self.redact_text_or_json(cache, keys, &mut elements, clean, value, counts)
                     }
-                    ColumnRedaction::Detectors(force) => self.scan(cache, value, counts, force),
+                    ColumnRedaction::Detectors(force) => {
+                        self.scan_memo_clean(cache, clean, value, counts, force)
+                    }
                 },
             );
             let value_found = drain_found(&mut found);
@@ -920,29 +956,20 @@ impl Redactor {
         if edits.is_empty() {
             return None;
         }
-        let mut builder = StringBuilder::with_capacity(strings.len(), strings.values().len());
-        let mut next = edits.iter().peekable();
-        for (row, value) in strings.iter().enumerate() {
-            match next.peek() {
-                Some((r, edit)) if *r == row => {
-                    builder.append_option(edit.as_deref());
-                    next.next();
-                }
-                _ => builder.append_option(value),
-            }
-        }
-        Some(Arc::new(builder.finish()))
+        let edits = edits.iter().map(|(row, edit)| (*row, edit.as_deref()));
+        Some(Arc::new(splice_strings(strings, 0..strings.len(), edits)))
     }
 
     /// An attribute map: key rules by key (decided once per distinct key in the batch), else
     /// detectors on the value. Entries whose action is drop are removed; a key that itself
     /// holds something a detector finds is redacted too.
-    fn redact_map(
+    fn redact_map<'b>(
         &self,
         search_cache: &mut SearchCaches,
-        column: &ArrayRef,
+        column: &'b ArrayRef,
         counts: &mut [u32],
         key_cache: &mut KeyCache,
+        clean: &mut CleanValues<'b>,
     ) -> Result<Option<ArrayRef>, ArrowError> {
         let map = column.as_map();
         let keys = map.keys().as_string::<i32>();
@@ -1009,6 +1036,7 @@ impl Redactor {
                                 search_cache,
                                 key_cache,
                                 elements,
+                                clean,
                                 decision,
                                 value,
                                 counts,
@@ -1032,6 +1060,39 @@ impl Redactor {
         }
         if edits.is_empty() {
             return Ok(None);
+        }
+        // Most often only values change: the keys, the offsets and the validity stay, and
+        // the values are copied in runs between the edits.
+        if edits
+            .iter()
+            .all(|(_, key, value)| key.is_none() && matches!(value, Some(Some(_))))
+        {
+            let first = offsets[0] as usize;
+            let last = offsets[map.len()] as usize;
+            let replaced = edits.iter().map(|(entry, _, value)| {
+                (entry - first, value.as_ref().and_then(|v| v.as_deref()))
+            });
+            let values = splice_strings(values, first..last, replaced);
+            let entries = map.entries();
+            let keys = entries.column(0).slice(first, last - first);
+            let entries = arrow::array::StructArray::try_new(
+                entries.fields().clone(),
+                vec![keys, Arc::new(values)],
+                entries.nulls().map(|n| n.slice(first, last - first)),
+            )?;
+            let field = match column.data_type() {
+                arrow::datatypes::DataType::Map(field, _) => field.clone(),
+                other => unreachable!("a map column has a map type, not {other}"),
+            };
+            let rebased = offsets.iter().map(|o| o - offsets[0]).collect::<Vec<i32>>();
+            let array = MapArray::try_new(
+                field,
+                arrow::buffer::OffsetBuffer::new(rebased.into()),
+                entries,
+                map.nulls().cloned(),
+                false,
+            )?;
+            return Ok(Some(Arc::new(array)));
         }
         let mut builder = MapBuilder::new(
             Some(crate::map_field_names()),
@@ -1101,6 +1162,18 @@ impl Redactor {
     }
 }
 
+/// Values at most this long that the detectors leave unchanged are remembered per batch
+/// (see [`Redactor::scan_memo_clean`]).
+const CLEAN_MEMO_MAX_BYTES: usize = 64;
+
+/// Short values that the detectors found nothing in, in one batch.
+type CleanValues<'b> = FxHashSet<&'b str>;
+
+/// Whether a value is read as JSON (an object or an array), not as text.
+fn looks_like_json(value: &str) -> bool {
+    matches!(value.trim_start().as_bytes().first(), Some(b'{' | b'['))
+}
+
 /// Values at least this long are redacted once per batch and the answer reused: agents
 /// resend the same system instructions, tool definitions and retrieved documents with every
 /// model call, and scanning them again is most of what redaction costs on such traffic.
@@ -1135,6 +1208,70 @@ fn memoized<K: std::hash::Hash + Eq>(
     });
     add_found(counts, found);
     edit.clone()
+}
+
+/// The strings `range` of `strings` (indexes into it), with the entries of `edits` replaced
+/// (indexes relative to `range.start`, in order; `None` is a null). The strings between two
+/// edits are copied as one run of bytes, not one by one.
+fn splice_strings<'e>(
+    strings: &arrow::array::StringArray,
+    range: std::ops::Range<usize>,
+    edits: impl Iterator<Item = (usize, Option<&'e str>)>,
+) -> arrow::array::StringArray {
+    let old_offsets = strings.value_offsets();
+    let old_bytes = strings.values().as_slice();
+    let len = range.len();
+    let mut offsets: Vec<i32> = Vec::with_capacity(len + 1);
+    offsets.push(0);
+    let mut bytes: Vec<u8> = Vec::with_capacity(
+        (old_offsets[range.end] - old_offsets[range.start]) as usize + len.min(1 << 16),
+    );
+    let mut valid = arrow::array::BooleanBufferBuilder::new(len);
+    let mut any_null = false;
+    // Appends the unchanged strings `from..to` (relative to `range.start`).
+    let copy_run = |from: usize,
+                    to: usize,
+                    offsets: &mut Vec<i32>,
+                    bytes: &mut Vec<u8>,
+                    valid: &mut arrow::array::BooleanBufferBuilder|
+     -> bool {
+        if from == to {
+            return false;
+        }
+        let (start, end) = (range.start + from, range.start + to);
+        let base = bytes.len() as i32 - old_offsets[start];
+        bytes.extend_from_slice(&old_bytes[old_offsets[start] as usize..old_offsets[end] as usize]);
+        offsets.extend(old_offsets[start + 1..=end].iter().map(|o| o + base));
+        match strings.nulls() {
+            Some(nulls) => {
+                let nulls = nulls.slice(start, end - start);
+                valid.append_buffer(nulls.inner());
+                nulls.null_count() > 0
+            }
+            None => {
+                valid.append_n(end - start, true);
+                false
+            }
+        }
+    };
+    let mut copied = 0;
+    for (at, edit) in edits {
+        any_null |= copy_run(copied, at, &mut offsets, &mut bytes, &mut valid);
+        match edit {
+            Some(text) => bytes.extend_from_slice(text.as_bytes()),
+            None => any_null = true,
+        }
+        valid.append(edit.is_some());
+        offsets.push(bytes.len() as i32);
+        copied = at + 1;
+    }
+    any_null |= copy_run(copied, len, &mut offsets, &mut bytes, &mut valid);
+    let nulls = any_null.then(|| arrow::buffer::NullBuffer::new(valid.finish()));
+    let offsets = arrow::buffer::OffsetBuffer::new(offsets.into());
+    // SAFETY: the offsets grow from 0 to the bytes' length, and each string between two of
+    // them is a whole string of a valid array or a `&str`, so valid UTF-8; validating the
+    // bytes again would cost as much as copying them.
+    unsafe { arrow::array::StringArray::new_unchecked(offsets, bytes.into(), nulls) }
 }
 
 /// `text` with each range replaced (ranges in order, not overlapping).

@@ -1094,3 +1094,104 @@ fn repeated_long_values_are_redacted_in_every_span() {
         .sum();
     assert_eq!(email_total, 3 * count(0, "EMAIL") as u64);
 }
+
+#[test]
+fn spliced_strings_equal_the_strings_built_one_by_one() {
+    use arrow::array::StringArray;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for case in 0..200 {
+        let len = rng.random_range(1..40);
+        let text = |rng: &mut ChaCha8Rng, alphabet: &[char]| {
+            let n = rng.random_range(0..8);
+            (0..n).map(|_| *pick(rng, alphabet)).collect::<String>()
+        };
+        let values: Vec<Option<String>> = (0..len)
+            .map(|_| {
+                let valid = rng.random_bool(0.8);
+                let value = text(&mut rng, &['a', 'é', '€', 'z', ' ']);
+                valid.then_some(value)
+            })
+            .collect();
+        let array = StringArray::from(values.clone());
+        // A slice, as the flusher hands the redactor, and a range inside it.
+        let offset = rng.random_range(0..len);
+        let sliced = array.slice(offset, len - offset);
+        let start = rng.random_range(0..sliced.len());
+        let end = rng.random_range(start..=sliced.len());
+        let mut edits: Vec<(usize, Option<String>)> = Vec::new();
+        for at in 0..end - start {
+            if rng.random_bool(0.3) {
+                let valid = rng.random_bool(0.8);
+                let replacement = text(&mut rng, &['<', 'E', 'M', '>', ':', '9']);
+                edits.push((at, valid.then_some(replacement)));
+            }
+        }
+        let spliced = splice_strings(
+            &sliced,
+            start..end,
+            edits.iter().map(|(at, text)| (*at, text.as_deref())),
+        );
+        let expected: StringArray = (start..end)
+            .map(|i| match edits.iter().find(|(at, _)| *at == i - start) {
+                Some((_, text)) => text.clone(),
+                None => values[offset + i].clone(),
+            })
+            .collect();
+        assert_eq!(spliced, expected, "case {case}");
+        spliced.to_data().validate_full().unwrap();
+    }
+}
+
+/// The flusher redacts slices of a segment's batch, whose maps index into the whole batch's
+/// entries: a slice is redacted exactly as the same rows in a batch of their own.
+#[test]
+fn a_slice_is_redacted_as_the_same_rows_on_their_own() {
+    let r = redactor();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let samples: Vec<String> = (0..12)
+        .map(|_| {
+            let (shown, _) = pick(&mut rng, GENERATORS)(&mut rng);
+            embed(&mut rng, &shown)
+        })
+        .collect();
+    let mut request = request_carrying(&samples);
+    let template = request.resource_spans[0].scope_spans[0].spans[0].clone();
+    let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+    for i in 0..9u8 {
+        let mut span = template.clone();
+        span.span_id = vec![i + 2; 8];
+        span.name = samples[i as usize % samples.len()].clone();
+        // Rows of different lengths and keys, so that an entry read from the wrong row shows.
+        for j in 0..=(i as usize % 3) {
+            let text = &samples[(i as usize + j + 3) % samples.len()];
+            span.attributes.push(kv(&format!("note.{i}.{j}"), sv(text)));
+        }
+        spans.push(span);
+    }
+    let raw = normalized(&request);
+    assert!(raw.num_rows() >= 10);
+    for (offset, len) in [(1, 4), (3, raw.num_rows() - 3), (0, raw.num_rows())] {
+        let slice = raw.slice(offset, len);
+        // `take` copies the rows into arrays of their own (a concatenation of one batch
+        // would hand the slice back).
+        let rows = arrow::array::UInt32Array::from_iter_values(0..len as u32);
+        let copy = arrow::compute::take_record_batch(&slice, &rows).unwrap();
+        let attributes = copy.column_by_name(col::ATTRIBUTES).unwrap().as_map();
+        assert_eq!(attributes.value_offsets()[0], 0);
+        let (from_slice, totals_slice) = r.redact_batch(&slice).unwrap();
+        let (from_copy, totals_copy) = r.redact_batch(&copy).unwrap();
+        for (field, (a, b)) in raw
+            .schema()
+            .fields()
+            .iter()
+            .zip(from_slice.columns().iter().zip(from_copy.columns()))
+        {
+            let column = field.name();
+            assert_eq!(a, b, "{column} of rows {offset}..{}", offset + len);
+        }
+        assert_eq!(totals_slice, totals_copy);
+        for column in from_slice.columns() {
+            column.to_data().validate_full().unwrap();
+        }
+    }
+}

@@ -1080,8 +1080,8 @@ impl Redactor {
                 vec![keys, Arc::new(values)],
                 entries.nulls().map(|n| n.slice(first, last - first)),
             )?;
-            let field = match column.data_type() {
-                arrow::datatypes::DataType::Map(field, _) => field.clone(),
+            let (field, keys_sorted) = match column.data_type() {
+                arrow::datatypes::DataType::Map(field, sorted) => (field.clone(), *sorted),
                 other => unreachable!("a map column has a map type, not {other}"),
             };
             let rebased = offsets.iter().map(|o| o - offsets[0]).collect::<Vec<i32>>();
@@ -1090,7 +1090,7 @@ impl Redactor {
                 arrow::buffer::OffsetBuffer::new(rebased.into()),
                 entries,
                 map.nulls().cloned(),
-                false,
+                keys_sorted,
             )?;
             return Ok(Some(Arc::new(array)));
         }

@@ -627,7 +627,8 @@ impl Redactor {
         value: &'b str,
         counts: &mut [u32],
     ) -> Edit {
-        if value.len() <= CLEAN_MEMO_MAX_BYTES && !looks_like_json(value) {
+        // Text that is not JSON is scanned whole, as `redact_text_or_json_whole` would.
+        if !looks_like_json(value) {
             return self.scan_memo_clean(cache, clean, value, counts, None);
         }
         if value.len() >= MEMO_MIN_BYTES {
@@ -638,10 +639,9 @@ impl Redactor {
         self.redact_text_or_json_whole(cache, keys, value, counts)
     }
 
-    /// [`Self::scan`] of a value that is not JSON, remembering short values that it leaves
-    /// as they are: most of a span's values are short and repeat across the spans of a
-    /// batch (operation and model names, finish reasons, token counts), and a search costs
-    /// far more than a lookup. A value that is kept had nothing found in it (every finding
+    /// [`Self::scan`], remembering the short values that it leaves as they are: most of a
+    /// span's values are short and repeat across the spans of a batch (operation and model
+    /// names, finish reasons, token counts), and a search costs far more than a lookup. A value that is kept had nothing found in it (every finding
     /// is an edit), so a repeat is kept and counts nothing, as its scan would.
     fn scan_memo_clean<'b>(
         &self,

@@ -109,6 +109,18 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
             .set_column_dictionary_enabled(path.clone(), false)
             .set_column_statistics_enabled(path, EnabledStatistics::None);
     }
+    // The keys of the maps: no Delta statistics are kept for a map, and no query prunes on
+    // the smallest and largest key of a file, so their statistics (a comparison of every key
+    // of every span) are not computed. Their dictionary stays: a few dozen distinct keys.
+    for map in [
+        col::ATTRIBUTES,
+        col::RESOURCE_ATTRIBUTES,
+        col::SCOPE_ATTRIBUTES,
+        col::REDACTIONS,
+    ] {
+        let path = ColumnPath::new(vec![map.into(), "key_value".into(), "key".into()]);
+        builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
     // Ids that are unique per row never gain from a dictionary; building one only to drop it
     // costs a hash per value.
     for unique in [col::SPAN_ID, col::PARENT_SPAN_ID, col::TOOL_CALL_ID] {

@@ -21,6 +21,7 @@ mod config;
 mod detectors;
 
 use std::borrow::Cow;
+use std::hash::BuildHasher as _;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
@@ -32,7 +33,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::{Cache as MetaCache, Regex as MetaRegex};
 use regex_automata::{Anchored, Input};
 use runledger_schemas::{col, conventions};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use sha2::Sha256;
 
 pub use config::{Action, CustomRule, KeyRule, RedactionConfig, DEFAULT_SECRET_KEYS};
@@ -654,12 +655,14 @@ impl Redactor {
         if value.len() > CLEAN_MEMO_MAX_BYTES {
             return self.scan(cache, value, counts, force);
         }
-        if clean.contains(value) {
+        // Hashed once: for the lookup and, when the value is new and clean, its insertion.
+        let hash = FxBuildHasher.hash_one(value);
+        if clean.find(hash, |v| *v == value).is_some() {
             return Edit::Keep;
         }
         let edit = self.scan(cache, value, counts, force);
         if matches!(edit, Edit::Keep) {
-            clean.insert(value);
+            clean.insert_unique(hash, value, |v| FxBuildHasher.hash_one(v));
         }
         edit
     }
@@ -1132,11 +1135,8 @@ impl Redactor {
         keys: &'k mut KeyCache,
         key: &str,
     ) -> &'k KeyInfo {
-        if !keys.contains_key(key) {
-            let info = self.key_info(cache, key);
-            keys.insert(key.to_string(), info);
-        }
-        &keys[key]
+        keys.entry_ref(key)
+            .or_insert_with(|| self.key_info(cache, key))
     }
 
     fn key_info(&self, cache: &mut SearchCaches, key: &str) -> KeyInfo {
@@ -1167,7 +1167,7 @@ impl Redactor {
 const CLEAN_MEMO_MAX_BYTES: usize = 64;
 
 /// Short values that the detectors found nothing in, in one batch.
-type CleanValues<'b> = FxHashSet<&'b str>;
+type CleanValues<'b> = hashbrown::HashTable<&'b str>;
 
 /// Whether a value is read as JSON (an object or an array), not as text.
 fn looks_like_json(value: &str) -> bool {
@@ -1345,7 +1345,7 @@ struct Scan<'s, 'c> {
 }
 
 /// What the redactor decided about attribute and JSON keys in a batch, by key.
-type KeyCache = FxHashMap<String, KeyInfo>;
+type KeyCache = hashbrown::HashMap<String, KeyInfo, FxBuildHasher>;
 
 /// What the redactor decided about one attribute or JSON key, cached per batch: keys repeat
 /// on every span.

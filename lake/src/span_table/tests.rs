@@ -133,6 +133,11 @@ async fn appends_are_idempotent_per_application_transaction() {
         );
         assert!(matches!(find("run_id").compression(), Compression::ZSTD(_)));
         assert!(find("run_id").statistics().is_some());
+        // A map's keys carry no statistics: nothing reads them.
+        assert!(find("attributes.key_value.key").statistics().is_none());
+        assert!(find("attributes.key_value.key")
+            .encodings()
+            .any(|e| e == parquet::basic::Encoding::RLE_DICTIONARY));
     }
     assert_eq!(rows, 200);
 }

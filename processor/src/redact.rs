@@ -1166,7 +1166,8 @@ impl Redactor {
 /// (see [`Redactor::scan_memo_clean`]).
 const CLEAN_MEMO_MAX_BYTES: usize = 64;
 
-/// Short values that the detectors found nothing in, in one batch.
+/// Short values that the detectors found nothing in, in one batch, by their
+/// [`FxBuildHasher`] hash (which [`Redactor::scan_memo_clean`] computes once per value).
 type CleanValues<'b> = hashbrown::HashTable<&'b str>;
 
 /// Whether a value is read as JSON (an object or an array), not as text.

@@ -642,8 +642,9 @@ impl Redactor {
 
     /// [`Self::scan`], remembering the short values that it leaves as they are: most of a
     /// span's values are short and repeat across the spans of a batch (operation and model
-    /// names, finish reasons, token counts), and a search costs far more than a lookup. A value that is kept had nothing found in it (every finding
-    /// is an edit), so a repeat is kept and counts nothing, as its scan would.
+    /// names, finish reasons, token counts), and a search costs far more than a lookup. A
+    /// value that is kept had nothing found in it (every finding is an edit), so a repeat is
+    /// kept and counts nothing, as its scan would.
     fn scan_memo_clean<'b>(
         &self,
         cache: &mut SearchCaches,

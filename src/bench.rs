@@ -73,6 +73,11 @@ enum Which {
         /// Runs per export request, as in `bench ingest`.
         #[arg(long, default_value_t = 80)]
         runs_per_request: usize,
+        /// Redact batches of this many rows, cut from all requests' spans in arrival order
+        /// (the server redacts a segment in batches of 1,024 rows); by default, one batch per
+        /// request.
+        #[arg(long)]
+        batch_rows: Option<usize>,
     },
     /// Per-workflow metrics over a large generated lake: runledger against DuckDB on the same
     /// files with the same SQL.
@@ -127,10 +132,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Which::Redaction {
             runs,
             runs_per_request,
+            batch_rows,
         } => {
-            let figures =
-                tokio::task::spawn_blocking(move || redaction_throughput(runs, runs_per_request))
-                    .await??;
+            let figures = tokio::task::spawn_blocking(move || {
+                redaction_throughput(runs, runs_per_request, batch_rows)
+            })
+            .await??;
             println!("{}", figures.line());
             Ok(ExitCode::SUCCESS)
         }
@@ -259,7 +266,7 @@ async fn ingest(
     );
 
     let redaction = tokio::task::spawn_blocking(move || {
-        redaction_throughput(runs.min(20_000), runs_per_request)
+        redaction_throughput(runs.min(20_000), runs_per_request, None)
     })
     .await??;
     println!("{}", redaction.line());
@@ -495,8 +502,13 @@ impl RedactionFigures {
 
 /// The redaction stage alone with the default rules, on the generator's traffic normalised
 /// into span-table batches, best of three; and normalisation of the same requests as the
-/// baseline.
-fn redaction_throughput(runs: u64, runs_per_request: usize) -> anyhow::Result<RedactionFigures> {
+/// baseline. With `batch_rows`, the spans are redacted in batches of that many rows instead of
+/// one batch per request.
+fn redaction_throughput(
+    runs: u64,
+    runs_per_request: usize,
+    batch_rows: Option<usize>,
+) -> anyhow::Result<RedactionFigures> {
     use arrow::array::{Array, AsArray};
     let mut generator = Generator::new(generator_options(LIVE_SPREAD_NANOS));
     let normalizer = runledger_processor::Normalizer::new(&Default::default())
@@ -549,6 +561,14 @@ fn redaction_throughput(runs: u64, runs_per_request: usize) -> anyhow::Result<Re
                 _ => {}
             }
         }
+    }
+    if let (Some(rows), Some(first)) = (batch_rows, batches.first()) {
+        anyhow::ensure!(rows > 0, "--batch-rows must be positive");
+        let all = arrow::compute::concat_batches(&first.schema(), &batches)?;
+        batches = (0..all.num_rows())
+            .step_by(rows)
+            .map(|at| all.slice(at, rows.min(all.num_rows() - at)))
+            .collect();
     }
     let mut best = f64::MAX;
     for _ in 0..3 {

@@ -72,23 +72,13 @@ impl Flusher {
     pub(crate) async fn run(self, mut sealed: UnboundedReceiver<SealedSegment>) {
         let mut lanes = Vec::with_capacity(self.tables.len());
         let mut tasks = tokio::task::JoinSet::new();
-        // Redaction splits a segment over the cores only when the redacted tier is the only
-        // lane. Beside the raw lane, whose Parquet encoding keeps another core busy, a second
-        // redaction thread only competes for that core, and its caches and memos start cold:
-        // in alternating runs of `gen` into `serve` with both tiers, one thread spent 3.4-3.5
-        // µs of CPU per span redacting where two spent 3.6-3.8, with the same throughput.
-        let redaction_threads = if self.tables.len() > 1 {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
         for table in self.tables {
             let (sender, receiver) = tokio::sync::mpsc::channel::<Arc<PreparedSegment>>(LANE_DEPTH);
             lanes.push(sender);
             let lane = Lane {
                 table,
                 redactor: self.redactor.clone(),
-                redaction_threads,
+                redaction_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 app_id: self.app_id.clone(),
                 metrics: self.metrics.clone(),
                 shutting_down: self.shutting_down.clone(),
@@ -322,12 +312,10 @@ fn release(prepared: &PreparedSegment, metrics: &CollectorMetrics) {
 const MIN_ROWS_PER_REDACTION_THREAD: usize = 4096;
 
 /// Rows that the redactor takes as one batch. Its memos of repeated values and its caches of
-/// keys live for a batch: as they grow, their tables miss the CPU's caches and cost more than
-/// the further repeats they catch (`bench redaction` on batches of 20,000 rows: 11% slower
-/// than on 2,000 to 4,000). A run's spans are consecutive rows, so a batch of a thousand
-/// still holds whole runs, whose repeated history the memos are for; in the server, with
-/// both tiers, redaction took 3-5% less CPU per span on batches of 1,024 rows than of 4,096.
-const ROWS_PER_REDACTION_BATCH: usize = 1024;
+/// keys live for a batch: past a few thousand rows they grow into tables that miss the CPU's
+/// caches, and cost more than the further repeats they catch (`bench redaction` on batches
+/// of 20,000 rows: 11% slower than on 2,000 to 4,000).
+const ROWS_PER_REDACTION_BATCH: usize = 4096;
 
 /// Redacts `batch` in up to `threads` slices of consecutive rows, side by side: redaction
 /// is the largest share of a segment's flush, and on its own it would leave the redacted
@@ -475,19 +463,10 @@ mod tests {
         let batch = spans_with_pii(3 * MIN_ROWS_PER_REDACTION_THREAD + 5);
         let (whole, _) = redact_side_by_side(&redactor, &batch, 1).unwrap();
         let (parts, _) = redact_side_by_side(&redactor, &batch, 3).unwrap();
-        // One thread: the rows in redaction batches; three threads: slices of 4,098, 4,098
-        // and 4,097 rows, each in redaction batches of its own.
-        let batches = |rows: usize| rows.div_ceil(ROWS_PER_REDACTION_BATCH);
-        assert_eq!(whole.len(), batches(batch.num_rows()));
-        assert_eq!(
-            parts.len(),
-            2 * batches(4098) + batches(4097),
-            "each thread's slice in redaction batches"
-        );
-        assert!(
-            parts.len() > whole.len(),
-            "the slices were cut in batches apart"
-        );
+        // One thread: 3 full redaction batches and the rest; three threads: 4,098 rows
+        // each, a full batch and 2 rows.
+        assert_eq!(whole.len(), 4);
+        assert_eq!(parts.len(), 6, "each thread's slice in redaction batches");
         assert!(parts
             .iter()
             .chain(&whole)
@@ -522,14 +501,11 @@ mod tests {
             "{whole_totals:?}"
         );
         assert!(!whole_totals.is_empty());
-        // Too few rows to share: one slice, whatever the number of threads (two slices of
-        // this many rows would take one batch more).
-        let rows = MIN_ROWS_PER_REDACTION_THREAD + ROWS_PER_REDACTION_BATCH / 2;
-        assert_ne!(batches(rows), 2 * batches(rows / 2));
-        let small = batch.slice(0, rows);
+        // Too few rows to share: one slice, whatever the number of threads.
+        let small = batch.slice(0, MIN_ROWS_PER_REDACTION_THREAD);
         assert_eq!(
             redact_side_by_side(&redactor, &small, 4).unwrap().0.len(),
-            batches(rows)
+            1
         );
     }
 }

@@ -76,6 +76,10 @@ pub struct Redactor {
     marker_regex: Option<MetaRegex>,
     /// The length of the longest marker.
     longest_marker: usize,
+    /// Whether a marker tells by where it lies whether it is in a JSON object's key: no
+    /// marker holds a quote or a backslash (see [`in_json_key`]). When one does, every marker
+    /// is taken for a key's.
+    markers_locate_keys: bool,
     /// Search caches (the lazy DFAs' states), one set taken per batch and given back after.
     /// A regex's own pool serves the thread that first used it cheaply and any other thread
     /// from a stack picked by the thread's id, where a thread started for a segment rarely
@@ -231,6 +235,7 @@ impl Redactor {
         };
         let markers = marker_patterns.len();
         let longest_marker = literals.iter().map(String::len).max().unwrap_or(0);
+        let markers_locate_keys = literals.iter().all(|l| !l.contains(['"', '\\']));
         let marker_regex = if every_rule_has_literal {
             Some(
                 MetaRegex::new_many(&marker_patterns)
@@ -287,6 +292,7 @@ impl Redactor {
             markers,
             marker_regex,
             longest_marker,
+            markers_locate_keys,
             mac,
             column_keys,
         })
@@ -456,11 +462,13 @@ impl Redactor {
                             .filter(|&i| i != first)
                             .find_map(|i| self.confirm_anchored(caches, hay, i, start, to))
                     }),
-                None if scan.stop_at_marker => {
+                None if scan.stop_at_marker && self.marker_in_key(hay, m.end()) => {
                     scan.stopped_at_marker = true;
                     return ControlFlow::Break(());
                 }
                 // A key rule's literal, which has priority: any detector may match here too.
+                // In a JSON value, one that is not in a key (`"content": "rotate the api_key"`)
+                // is text like any other: the scan goes on, and the value is not parsed.
                 None => (0..self.detectors.len())
                     .find_map(|i| self.confirm_anchored(caches, hay, i, start, to)),
             };
@@ -500,7 +508,7 @@ impl Redactor {
         ControlFlow::Continue(())
     }
 
-    /// Whether a marker starts in `range` of the haystack.
+    /// Whether a marker in a JSON object's key starts in `range` of the haystack.
     fn marker_within(
         &self,
         caches: &mut SearchCaches,
@@ -511,10 +519,26 @@ impl Redactor {
             return false;
         };
         let to = (range.end + self.longest_marker).min(hay.len());
-        let input = Input::new(hay).range(range.start..to);
-        regex
-            .search_with(cache, &input)
-            .is_some_and(|m| m.start() < range.end)
+        let mut at = range.start;
+        while at < range.end {
+            let input = Input::new(hay).range(at..to);
+            match regex.search_with(cache, &input) {
+                Some(m) if m.start() < range.end => {
+                    if self.marker_in_key(hay, m.end()) {
+                        return true;
+                    }
+                    at = next_char(hay, m.start());
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Whether the marker that ends at `end` of a JSON value's haystack is in an object's
+    /// key (or may be: see [`in_json_key`]).
+    fn marker_in_key(&self, hay: &str, end: usize) -> bool {
+        !self.markers_locate_keys || in_json_key(hay.as_bytes(), end)
     }
 
     /// Confirms the combined automaton's match of detector `i` at `start..end`: returns the
@@ -1421,6 +1445,32 @@ fn apply_to_json(json: &mut serde_json::Value, edit: Edit) -> bool {
             true
         }
     }
+}
+
+/// Whether the string of a JSON text that holds byte `at` is an object's key: the quote that
+/// closes it (the next one not escaped by a backslash) is followed by a colon. A key rule's
+/// literal is always inside a string in valid JSON (outside strings there are only numbers,
+/// punctuation, `true`, `false` and `null`). Where no closing quote follows (not JSON, or cut
+/// short), it answers yes, so that the value is parsed and the parser decides, as it would
+/// without this test.
+fn in_json_key(text: &[u8], at: usize) -> bool {
+    let mut from = at;
+    while let Some(offset) = text[from.min(text.len())..].iter().position(|&b| b == b'"') {
+        let quote = from + offset;
+        let backslashes = text[..quote]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            return text[quote + 1..]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_none_or(|&b| b == b':');
+        }
+        from = quote + 1;
+    }
+    true
 }
 
 fn memchr_backslash(text: &str) -> bool {

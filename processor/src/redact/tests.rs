@@ -862,6 +862,56 @@ fn key_rule_literals_that_detectors_also_match_still_apply_the_key_rules() {
     }
 }
 
+/// A key rule's literal that is not in a key (inside a string value, escaped quotes and all)
+/// leaves the JSON value to the text scan: its layout is kept, where parsing it would have
+/// written it anew. A literal in a key after such a mention still has the key's rule applied,
+/// and so does one in a key of a value whose quotes are cut short.
+#[test]
+fn key_rule_literals_outside_keys_leave_json_values_as_text() {
+    let text = redacted_with_attributes(
+        &redactor(),
+        &[
+            (
+                "a.mention",
+                r#"{"content": "rotate the api_key, the Password and the secret",  "to":  "ann@example.com"}"#,
+            ),
+            (
+                "a.escaped",
+                r#"{"note": "say \"api_key\": now \\", "api_key" : "plain words here"}"#,
+            ),
+            ("a.cut", r#"{"note": "x", "api_key"#),
+        ],
+    );
+    assert!(
+        text.contains(
+            r#"a.mention: {"content": "rotate the api_key, the Password and the secret",  "to":  "<EMAIL:"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("ann@example.com"), "{text}");
+    assert!(!text.contains("plain words"), "{text}");
+    assert!(text.contains(r#""api_key":"<SECRET>""#), "{text}");
+    assert!(text.contains(r#"a.cut: {"note": "x", "api_key"#), "{text}");
+}
+
+#[test]
+fn json_keys_are_told_from_json_values() {
+    let key = |text: &str, literal: &str| {
+        let end = text.find(literal).unwrap() + literal.len();
+        super::in_json_key(text.as_bytes(), end)
+    };
+    assert!(key(r#"{"api_key": 1}"#, "api_key"));
+    assert!(key("{\"my_api_key_id\"\n\t :\"x\"}", "api_key"));
+    assert!(!key(r#"{"a": "the api_key"}"#, "api_key"));
+    assert!(!key(r#"["api_key", 1]"#, "api_key"));
+    assert!(!key(r#"{"a": "api_key\": 1"}"#, "api_key"));
+    assert!(key(r#"{"a\\": "x", "api_key\\": 1}"#, "api_key"));
+    assert!(!key(r#"{"a": "api_key\\", "b": 1}"#, "api_key"));
+    // No closing quote, or nothing after it: parsed, to be sure.
+    assert!(key(r#"{"api_key"#, "api_key"));
+    assert!(key(r#""api_key""#, "api_key"));
+}
+
 /// Key rules apply inside JSON values whatever their glob: the literal search that decides
 /// whether a JSON value is parsed for its keys takes a glob's literal only where every key it
 /// matches contains that literal, so a rule with alternatives (`{otp,pin}`) or a character

@@ -263,7 +263,8 @@ impl Lane {
                 let Some(redactor) = &self.redactor else {
                     return Err("the redacted tier has no redactor: refusing to write".into());
                 };
-                let (parts, cpu) = redact_side_by_side(redactor, priced, self.redaction_threads)?;
+                let (parts, cpu) =
+                    redact_side_by_side(redactor, priced, self.redaction_threads).await?;
                 CollectorMetrics::add(&self.metrics.redact_micros, cpu.as_micros() as u64);
                 for (_, totals) in &parts {
                     self.metrics.add_redactions(&totals.by_kind);
@@ -317,58 +318,73 @@ const MIN_ROWS_PER_REDACTION_THREAD: usize = 4096;
 /// of 20,000 rows: 11% slower than on 2,000 to 4,000).
 const ROWS_PER_REDACTION_BATCH: usize = 4096;
 
-/// Redacts `batch` in up to `threads` slices of consecutive rows, side by side: redaction
-/// is the largest share of a segment's flush, and on its own it would leave the redacted
-/// tier's commit far behind the raw one. The slices keep the batch's row order (and so its
+/// Redacts `batch` in up to `threads` slices of consecutive rows, side by side (the first on
+/// the calling thread, the others on the runtime's blocking threads): redaction is the
+/// largest share of a segment's flush, and on its own it would leave the redacted tier's
+/// commit far behind the raw one. The slices keep the batch's row order (and so its
 /// grouping by hour) and are appended as they are, without a concatenation. Returns the
 /// redacted batches (of at most [`ROWS_PER_REDACTION_BATCH`] rows) with their totals, in row
 /// order, and the CPU time spent (thread time, so that waiting for a core is not counted as
 /// redaction).
-fn redact_side_by_side(
-    redactor: &Redactor,
+async fn redact_side_by_side(
+    redactor: &Arc<Redactor>,
     batch: &RecordBatch,
     threads: usize,
 ) -> Result<(Vec<(RecordBatch, RedactionTotals)>, Duration), String> {
     let rows = batch.num_rows();
     let parts = threads.min(rows / MIN_ROWS_PER_REDACTION_THREAD).max(1);
     let chunk = rows.div_ceil(parts);
-    let redact = |offset: usize| {
-        let started = thread_cpu_time();
-        let end = offset + chunk.min(rows - offset);
-        let redacted = (offset..end)
-            .step_by(ROWS_PER_REDACTION_BATCH)
-            .map(|at| {
-                let slice = batch.slice(at, ROWS_PER_REDACTION_BATCH.min(end - at));
-                redactor
-                    .redact_batch(&slice)
-                    .map_err(|e| format!("redacting: {e}"))
+    // The other slices go to the runtime's blocking threads, which outlive a segment: a
+    // thread started for each segment began its allocator heap anew every time, and took
+    // fresh pages from the kernel for what the previous one had left behind.
+    let others: Vec<_> = (1..parts)
+        .map(|part| {
+            let (redactor, batch) = (redactor.clone(), batch.clone());
+            tokio::task::spawn_blocking(move || {
+                redact_slice(&redactor, &batch, part * chunk, chunk)
             })
-            .collect::<Result<Vec<_>, _>>();
-        (redacted, thread_cpu_time().saturating_sub(started))
-    };
-    let results: Vec<_> = if parts == 1 {
-        vec![redact(0)]
-    } else {
-        std::thread::scope(|scope| {
-            let others: Vec<_> = (1..parts)
-                .map(|part| scope.spawn(move || redact(part * chunk)))
-                .collect();
-            let mut results = vec![redact(0)];
-            for other in others {
-                match other.join() {
-                    Ok(result) => results.push(result),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            results
         })
-    };
+        .collect();
+    let mut results = vec![redact_slice(redactor, batch, 0, chunk)];
+    for other in others {
+        match other.await {
+            Ok(result) => results.push(result),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(format!("a redaction thread was cancelled: {e}")),
+        }
+    }
     let cpu = results.iter().map(|(_, cpu)| *cpu).sum();
     let mut parts = Vec::new();
     for (redacted, _) in results {
         parts.extend(redacted?);
     }
     Ok((parts, cpu))
+}
+
+/// Redacts `len` rows of `batch` from `offset` (fewer at its end) in batches of at most
+/// [`ROWS_PER_REDACTION_BATCH`] rows, on the calling thread; and the thread's CPU time spent.
+#[allow(clippy::type_complexity)]
+fn redact_slice(
+    redactor: &Redactor,
+    batch: &RecordBatch,
+    offset: usize,
+    len: usize,
+) -> (
+    Result<Vec<(RecordBatch, RedactionTotals)>, String>,
+    Duration,
+) {
+    let started = thread_cpu_time();
+    let end = offset + len.min(batch.num_rows() - offset);
+    let redacted = (offset..end)
+        .step_by(ROWS_PER_REDACTION_BATCH)
+        .map(|at| {
+            let slice = batch.slice(at, ROWS_PER_REDACTION_BATCH.min(end - at));
+            redactor
+                .redact_batch(&slice)
+                .map_err(|e| format!("redacting: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>();
+    (redacted, thread_cpu_time().saturating_sub(started))
 }
 
 /// CPU time of the calling thread so far.
@@ -457,12 +473,13 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn redacting_side_by_side_equals_redacting_on_one_thread() {
-        let redactor = Redactor::new(&RedactionConfig::default(), &[], b"test key").unwrap();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redacting_side_by_side_equals_redacting_on_one_thread() {
+        let redactor =
+            Arc::new(Redactor::new(&RedactionConfig::default(), &[], b"test key").unwrap());
         let batch = spans_with_pii(3 * MIN_ROWS_PER_REDACTION_THREAD + 5);
-        let (whole, _) = redact_side_by_side(&redactor, &batch, 1).unwrap();
-        let (parts, _) = redact_side_by_side(&redactor, &batch, 3).unwrap();
+        let (whole, _) = redact_side_by_side(&redactor, &batch, 1).await.unwrap();
+        let (parts, _) = redact_side_by_side(&redactor, &batch, 3).await.unwrap();
         // One thread: 3 full redaction batches and the rest; three threads: 4,098 rows
         // each, a full batch and 2 rows.
         assert_eq!(whole.len(), 4);
@@ -504,7 +521,11 @@ mod tests {
         // Too few rows to share: one slice, whatever the number of threads.
         let small = batch.slice(0, MIN_ROWS_PER_REDACTION_THREAD);
         assert_eq!(
-            redact_side_by_side(&redactor, &small, 4).unwrap().0.len(),
+            redact_side_by_side(&redactor, &small, 4)
+                .await
+                .unwrap()
+                .0
+                .len(),
             1
         );
     }

@@ -82,8 +82,9 @@ pub struct Redactor {
     markers_locate_keys: bool,
     /// Search caches (the lazy DFAs' states), one set taken per batch and given back after.
     /// A regex's own pool serves the thread that first used it cheaply and any other thread
-    /// from a stack picked by the thread's id, where a thread started for a segment rarely
-    /// finds the states that an earlier one built: it would build them again.
+    /// from a stack picked by the thread's id, where a thread new to the redactor (blocking
+    /// threads come and go) rarely finds the states that an earlier one built: it would
+    /// build them again.
     caches: Mutex<Vec<SearchCaches>>,
     detectors: Vec<Detector>,
     /// Placeholder kinds, upper case; an index into this is a "kind".

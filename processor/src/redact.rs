@@ -739,8 +739,10 @@ impl Redactor {
             return self.scan(cache, value, counts, None);
         }
         // A JSON value is scanned as text until the first key rule's literal: without one,
-        // no key rule applies inside it and the text scan is its redaction.
-        if self.marker_regex.is_some() {
+        // no key rule applies inside it and the text scan is its redaction. Unless it spells
+        // an ASCII character as a `\u` escape: the text scan would see neither a key rule's
+        // literal nor a detector's value through it (`"pass\u0077ord"`), the parser decodes.
+        if self.marker_regex.is_some() && !has_ascii_unicode_escape(value) {
             if let Some(edit) = self.scan_until_marker(cache, value, counts, None, true) {
                 return edit;
             }
@@ -1472,6 +1474,34 @@ fn in_json_key(text: &[u8], at: usize) -> bool {
         from = quote + 1;
     }
     true
+}
+
+/// Whether a JSON text spells a printable ASCII character as a `\u` escape (`\u0040` for
+/// `@`). Escapes of other characters (what `ensure_ascii` encoders write for `é`) are left to
+/// the text scan: no built-in detector or key rule literal holds one.
+fn has_ascii_unicode_escape(text: &str) -> bool {
+    if !memchr_backslash(text) {
+        return false;
+    }
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if bytes[i + 1] == b'u' {
+            let code = bytes
+                .get(i + 2..i + 6)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if code.is_some_and(|c| (0x20..0x7f).contains(&c)) {
+                return true;
+            }
+        }
+        i += 2;
+    }
+    false
 }
 
 fn memchr_backslash(text: &str) -> bool {

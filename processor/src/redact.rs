@@ -80,6 +80,10 @@ pub struct Redactor {
     /// marker holds a quote or a backslash (see [`in_json_key`]). When one does, every marker
     /// is taken for a key's.
     markers_locate_keys: bool,
+    /// Whether only `\u` escapes of ASCII characters can hide what the rules look for: true
+    /// with the built-in detectors and ASCII key literals alone. A custom pattern may look
+    /// for any character (`\p{L}`), and then any `\u` escape has a JSON value parsed.
+    only_ascii_escapes_hide: bool,
     /// Search caches (the lazy DFAs' states), one set taken per batch and given back after.
     /// A regex's own pool serves the thread that first used it cheaply and any other thread
     /// from a stack picked by the thread's id, where a thread new to the redactor (blocking
@@ -237,6 +241,8 @@ impl Redactor {
         let markers = marker_patterns.len();
         let longest_marker = literals.iter().map(String::len).max().unwrap_or(0);
         let markers_locate_keys = literals.iter().all(|l| !l.contains(['"', '\\']));
+        let only_ascii_escapes_hide =
+            config.rules.is_empty() && literals.iter().all(|l| l.is_ascii());
         let marker_regex = if every_rule_has_literal {
             Some(
                 MetaRegex::new_many(&marker_patterns)
@@ -294,6 +300,7 @@ impl Redactor {
             marker_regex,
             longest_marker,
             markers_locate_keys,
+            only_ascii_escapes_hide,
             mac,
             column_keys,
         })
@@ -742,7 +749,7 @@ impl Redactor {
         // no key rule applies inside it and the text scan is its redaction. Unless it spells
         // an ASCII character as a `\u` escape: the text scan would see neither a key rule's
         // literal nor a detector's value through it (`"pass\u0077ord"`), the parser decodes.
-        if self.marker_regex.is_some() && !has_ascii_unicode_escape(value) {
+        if self.marker_regex.is_some() && !has_unicode_escape(value, self.only_ascii_escapes_hide) {
             if let Some(edit) = self.scan_until_marker(cache, value, counts, None, true) {
                 return edit;
             }
@@ -1476,10 +1483,11 @@ fn in_json_key(text: &[u8], at: usize) -> bool {
     true
 }
 
-/// Whether a JSON text spells a printable ASCII character as a `\u` escape (`\u0040` for
-/// `@`). Escapes of other characters (what `ensure_ascii` encoders write for `é`) are left to
-/// the text scan: no built-in detector or key rule literal holds one.
-fn has_ascii_unicode_escape(text: &str) -> bool {
+/// Whether a JSON text spells a character as a `\u` escape; with `ascii_only`, a printable
+/// ASCII character (`\u0040` for `@`). Escapes of other characters (what `ensure_ascii`
+/// encoders write for `é`) cannot hide what the built-in detectors and ASCII key literals
+/// look for.
+fn has_unicode_escape(text: &str, ascii_only: bool) -> bool {
     if !memchr_backslash(text) {
         return false;
     }
@@ -1495,7 +1503,7 @@ fn has_ascii_unicode_escape(text: &str) -> bool {
                 .get(i + 2..i + 6)
                 .and_then(|hex| std::str::from_utf8(hex).ok())
                 .and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            if code.is_some_and(|c| (0x20..0x7f).contains(&c)) {
+            if code.is_some_and(|c| !ascii_only || (0x20..0x7f).contains(&c)) {
                 return true;
             }
         }

@@ -948,6 +948,37 @@ fn unicode_escapes_hide_neither_keys_nor_values() {
     );
 }
 
+/// With a custom pattern or a key rule whose literal is not ASCII, an escape of any
+/// character has the JSON value parsed: `\u00df` is the `ß` that a rule may look for.
+#[test]
+fn unicode_escapes_hide_nothing_from_rules_beyond_ascii() {
+    let config: RedactionConfig = toml::from_str(
+        r#"
+        [[rules]]
+        name = "street"
+        pattern = "Straße [0-9]+"
+        action = "mask"
+        [[keys]]
+        pattern = "*contraseña*"
+        action = "mask"
+        "#,
+    )
+    .unwrap();
+    let r = Redactor::new(&config, &[], b"k").unwrap();
+    let text = redacted_with_attributes(
+        &r,
+        &[
+            ("a.street", r#"{"to": "Stra\u00dfe 12, Berlin"}"#),
+            ("a.key", r#"{"contrase\u00f1a": "tabby kitten marmalade"}"#),
+        ],
+    );
+    assert!(
+        text.contains(r#"a.street: {"to":"<STREET>, Berlin"}"#),
+        "{text}"
+    );
+    assert!(!text.contains("kitten"), "{text}");
+}
+
 #[test]
 fn json_keys_are_told_from_json_values() {
     let key = |text: &str, literal: &str| {

@@ -414,7 +414,13 @@ impl Redactor {
         // escape letters are spaces; the edits apply to the original at the same offsets.
         let shadow;
         let hay = if memchr_backslash(text) {
-            shadow = blank_escapes(text);
+            let hiding;
+            (shadow, hiding) = blank_escapes(text, self.only_ascii_escapes_hide);
+            // A `\u` escape may spell what a key rule's literal or a detector looks for
+            // (`"pass\u0077ord"`, `\u0040`), which the scan cannot see: the parser decodes.
+            if hiding && stop_at_marker {
+                return None;
+            }
             shadow.as_str()
         } else {
             text
@@ -745,11 +751,10 @@ impl Redactor {
         if !looks_like_json(value) {
             return self.scan(cache, value, counts, None);
         }
-        // A JSON value is scanned as text until the first key rule's literal: without one,
-        // no key rule applies inside it and the text scan is its redaction. Unless it spells
-        // an ASCII character as a `\u` escape: the text scan would see neither a key rule's
-        // literal nor a detector's value through it (`"pass\u0077ord"`), the parser decodes.
-        if self.marker_regex.is_some() && !has_unicode_escape(value, self.only_ascii_escapes_hide) {
+        // A JSON value is scanned as text until the first key rule's literal (or a `\u`
+        // escape that may hide one, or what a detector looks for): without one, no key rule
+        // applies inside it and the text scan is its redaction.
+        if self.marker_regex.is_some() {
             if let Some(edit) = self.scan_until_marker(cache, value, counts, None, true) {
                 return edit;
             }
@@ -1483,43 +1488,19 @@ fn in_json_key(text: &[u8], at: usize) -> bool {
     true
 }
 
-/// Whether a JSON text spells a character as a `\u` escape; with `ascii_only`, a printable
-/// ASCII character (`\u0040` for `@`). Escapes of other characters (what `ensure_ascii`
-/// encoders write for `é`) cannot hide what the built-in detectors and ASCII key literals
-/// look for.
-fn has_unicode_escape(text: &str, ascii_only: bool) -> bool {
-    if !memchr_backslash(text) {
-        return false;
-    }
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        if bytes[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        if bytes[i + 1] == b'u' {
-            let code = bytes
-                .get(i + 2..i + 6)
-                .and_then(|hex| std::str::from_utf8(hex).ok())
-                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            if code.is_some_and(|c| !ascii_only || (0x20..0x7f).contains(&c)) {
-                return true;
-            }
-        }
-        i += 2;
-    }
-    false
-}
-
 fn memchr_backslash(text: &str) -> bool {
     text.as_bytes().contains(&b'\\')
 }
 
 /// `text` with the letter of each JSON escape (`\n`, `\t`, `\r`, `\b`, `\f`, `\/`) and the
-/// hex digits of `\uXXXX` replaced by spaces: same length, same char boundaries.
-fn blank_escapes(text: &str) -> String {
+/// hex digits of `\uXXXX` replaced by spaces: same length, same char boundaries. And whether
+/// a `\u` escape spells a character that the rules may look for: with `ascii_only`, only a
+/// printable ASCII one (`\u0040` for `@`); escapes of other characters (what `ensure_ascii`
+/// encoders write for `é`) cannot hide what the built-in detectors and ASCII key literals
+/// look for.
+fn blank_escapes(text: &str, ascii_only: bool) -> (String, bool) {
     let mut bytes = text.as_bytes().to_vec();
+    let mut hiding = false;
     let mut i = 0;
     while i + 1 < bytes.len() {
         if bytes[i] != b'\\' {
@@ -1531,6 +1512,9 @@ fn blank_escapes(text: &str) -> String {
             b'u' if i + 6 <= bytes.len()
                 && bytes[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
             {
+                let hex = std::str::from_utf8(&bytes[i + 2..i + 6]).expect("hex digits");
+                let code = u16::from_str_radix(hex, 16).expect("hex digits");
+                hiding |= !ascii_only || (0x20..0x7f).contains(&code);
                 bytes[i + 1..i + 6].fill(b' ');
                 i += 4;
             }
@@ -1539,7 +1523,7 @@ fn blank_escapes(text: &str) -> String {
         i += 2;
     }
     // Only ASCII bytes were replaced by ASCII bytes.
-    String::from_utf8(bytes).expect("still UTF-8")
+    (String::from_utf8(bytes).expect("still UTF-8"), hiding)
 }
 
 fn next_char(text: &str, at: usize) -> usize {

@@ -16,6 +16,12 @@ fn redactor() -> Redactor {
     Redactor::new(&RedactionConfig::default(), &[], b"test key").unwrap()
 }
 
+/// A redactor with the `[redaction]` section `toml`.
+fn redactor_from(toml: &str) -> Redactor {
+    let config: RedactionConfig = toml::from_str(toml).unwrap();
+    Redactor::new(&config, &[], b"k").unwrap()
+}
+
 fn redact(r: &Redactor, text: &str) -> String {
     let mut counts = vec![0; r.kinds().len()];
     r.redact_str(text, &mut counts).into_owned()
@@ -793,7 +799,7 @@ fn with_every_detector_allowed_only_key_rules_redact() {
 
 #[test]
 fn actions_key_rules_and_custom_rules_from_config() {
-    let config: RedactionConfig = toml::from_str(
+    let r = redactor_from(
         r#"
         actions = { email = "mask", ipv4 = "allow", phone = "drop" }
         [[rules]]
@@ -814,9 +820,7 @@ fn actions_key_rules_and_custom_rules_from_config() {
         action = "hash"
         kind = "tenant"
         "#,
-    )
-    .unwrap();
-    let r = Redactor::new(&config, &[], b"k").unwrap();
+    );
     assert_eq!(redact(&r, "to a@b.co"), "to <EMAIL>");
     assert_eq!(redact(&r, "host 10.0.0.1"), "host 10.0.0.1");
     assert_eq!(redact(&r, "by EMP-123456"), "by <EMPLOYEE_ID>");
@@ -952,7 +956,7 @@ fn unicode_escapes_hide_neither_keys_nor_values() {
 /// character has the JSON value parsed: `\u00df` is the `ß` that a rule may look for.
 #[test]
 fn unicode_escapes_hide_nothing_from_rules_beyond_ascii() {
-    let config: RedactionConfig = toml::from_str(
+    let r = redactor_from(
         r#"
         [[rules]]
         name = "street"
@@ -962,9 +966,7 @@ fn unicode_escapes_hide_nothing_from_rules_beyond_ascii() {
         pattern = "*contraseña*"
         action = "mask"
         "#,
-    )
-    .unwrap();
-    let r = Redactor::new(&config, &[], b"k").unwrap();
+    );
     let text = redacted_with_attributes(
         &r,
         &[
@@ -1004,7 +1006,7 @@ fn json_keys_are_told_from_json_values() {
 /// keeps its text (its email hashed); one whose key matches a rule has that value masked.
 #[test]
 fn key_rules_of_any_glob_apply_inside_json_values() {
-    let config: RedactionConfig = toml::from_str(
+    let r = redactor_from(
         r#"
         [[keys]]
         pattern = "{otp,pin}"
@@ -1015,9 +1017,7 @@ fn key_rules_of_any_glob_apply_inside_json_values() {
         action = "mask"
         kind = "code"
         "#,
-    )
-    .unwrap();
-    let r = Redactor::new(&config, &[], b"k").unwrap();
+    );
     let text = redacted_with_attributes(
         &r,
         &[

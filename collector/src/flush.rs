@@ -353,26 +353,24 @@ async fn redact_side_by_side(
             Err(e) => return Err(format!("a redaction thread was cancelled: {e}")),
         }
     }
-    let cpu = results.iter().map(|(_, cpu)| *cpu).sum();
     let mut parts = Vec::new();
-    for (redacted, _) in results {
-        parts.extend(redacted?);
+    let mut cpu = Duration::ZERO;
+    for result in results {
+        let (redacted, spent) = result?;
+        parts.extend(redacted);
+        cpu += spent;
     }
     Ok((parts, cpu))
 }
 
 /// Redacts `len` rows of `batch` from `offset` (fewer at its end) in batches of at most
 /// [`ROWS_PER_REDACTION_BATCH`] rows, on the calling thread; and the thread's CPU time spent.
-#[allow(clippy::type_complexity)]
 fn redact_slice(
     redactor: &Redactor,
     batch: &RecordBatch,
     offset: usize,
     len: usize,
-) -> (
-    Result<Vec<(RecordBatch, RedactionTotals)>, String>,
-    Duration,
-) {
+) -> Result<(Vec<(RecordBatch, RedactionTotals)>, Duration), String> {
     let started = thread_cpu_time();
     let end = offset + len.min(batch.num_rows() - offset);
     let redacted = (offset..end)
@@ -383,8 +381,8 @@ fn redact_slice(
                 .redact_batch(&slice)
                 .map_err(|e| format!("redacting: {e}"))
         })
-        .collect::<Result<Vec<_>, _>>();
-    (redacted, thread_cpu_time().saturating_sub(started))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((redacted, thread_cpu_time().saturating_sub(started)))
 }
 
 /// CPU time of the calling thread so far.

@@ -1470,7 +1470,7 @@ fn apply_to_json(json: &mut serde_json::Value, edit: Edit) -> bool {
 /// without this test.
 fn in_json_key(text: &[u8], at: usize) -> bool {
     let mut from = at;
-    while let Some(offset) = text[from.min(text.len())..].iter().position(|&b| b == b'"') {
+    while let Some(offset) = text[from..].iter().position(|&b| b == b'"') {
         let quote = from + offset;
         let backslashes = text[..quote]
             .iter()

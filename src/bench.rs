@@ -9,7 +9,8 @@
 //!     fsync on, until every span is committed to Parquet (the child is stopped with SIGTERM,
 //!     which flushes, and the clock stops when it has exited);
 //! (c) their ratio;
-//! (d) Parquet bytes per span in the lake against OTLP protobuf bytes per span.
+//! (d) Parquet bytes per span in the lake against OTLP protobuf bytes per span: as ingest
+//!     writes them, and once `runledger compact` has rewritten the hours as archival files.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -233,6 +234,33 @@ fn decode_only(runs: u64, runs_per_request: usize) -> (f64, u64) {
     (best, spans)
 }
 
+/// Runs `runledger compact` over `data_dir` as if its hours had closed, old files removed at
+/// once: the lake's archival layout (ZSTD, sorted by run). Returns the seconds it took.
+fn compact_closed(data_dir: &Path) -> anyhow::Result<f64> {
+    let config_path = data_dir.with_extension("compact.toml");
+    std::fs::write(
+        &config_path,
+        "[maintenance]\ncompact_after = \"0s\"\nvacuum_grace = \"0s\"\n",
+    )?;
+    let after_the_hour = chrono::Utc::now() + chrono::Duration::hours(2);
+    let started = Instant::now();
+    let status = std::process::Command::new(
+        std::env::current_exe().context("locating the runledger binary")?,
+    )
+    .arg("compact")
+    .arg("--data-dir")
+    .arg(data_dir)
+    .arg("--config")
+    .arg(&config_path)
+    .args(["--now", &after_the_hour.to_rfc3339()])
+    .env("RUNLEDGER_LOG", "warn")
+    .stdout(Stdio::null())
+    .status()
+    .context("running runledger compact")?;
+    anyhow::ensure!(status.success(), "runledger compact exited with {status}");
+    Ok(started.elapsed().as_secs_f64())
+}
+
 fn parquet_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     if !dir.exists() {
@@ -328,12 +356,18 @@ async fn ingest(
         raw_only.rate / decode_rate,
         e2e_rate / decode_rate
     );
-    let parquet = parquet_bytes(&both.data_dir.join("raw").join("spans"))?;
+    let raw_table = both.data_dir.join("raw").join("spans");
+    let ingested = parquet_bytes(&raw_table)?;
+    let compaction_seconds = compact_closed(&both.data_dir)?;
+    let compacted = parquet_bytes(&raw_table)?;
     let otlp_per_span = both.otlp_bytes as f64 / both.spans as f64;
-    let parquet_per_span = parquet as f64 / both.spans as f64;
+    let per_span = |bytes: u64| bytes as f64 / both.spans as f64;
     println!(
-        "(d) bytes per span: OTLP protobuf {otlp_per_span:.1}, Parquet {parquet_per_span:.1}: Parquet is 1/{:.1} of OTLP",
-        otlp_per_span / parquet_per_span
+        "(d) bytes per span: OTLP protobuf {otlp_per_span:.1}; Parquet as ingest writes it {:.1} (1/{:.1} of OTLP), compacted {:.1} (1/{:.1} of OTLP; both tiers compacted in {compaction_seconds:.2} s)",
+        per_span(ingested),
+        otlp_per_span / per_span(ingested),
+        per_span(compacted),
+        otlp_per_span / per_span(compacted),
     );
     Ok(ExitCode::SUCCESS)
 }

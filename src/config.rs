@@ -151,4 +151,19 @@ mod tests {
         let err = RunledgerConfig::parse("[processor]\nwrite_tools = [\"[\"]\n").unwrap_err();
         assert!(format!("{err:#}").contains("write_tools"));
     }
+
+    #[test]
+    fn the_ingest_codec_is_one_of_three() {
+        let parsed = RunledgerConfig::parse("[lake]\ningest_compression = \"lz4\"\n").unwrap();
+        assert_eq!(
+            parsed.lake.ingest_compression,
+            runledger_lake::IngestCompression::Lz4
+        );
+        let err = RunledgerConfig::parse("[lake]\ningest_compression = \"gzip\"\n").unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("snappy") && message.contains("gzip"),
+            "{message}"
+        );
+    }
 }

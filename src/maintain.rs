@@ -290,7 +290,11 @@ async fn apply_compaction(
         let partitions = table.partitions(target / 2).await?;
         let hours: Vec<HourPartition> = partitions
             .iter()
-            .filter(|(p, f)| p.end().is_some_and(|end| end <= closed_before) && f.small_files >= 2)
+            // Small files to merge, or files still in ingest's codec to rewrite as archival.
+            .filter(|(p, f)| {
+                p.end().is_some_and(|end| end <= closed_before)
+                    && (f.small_files >= 2 || f.unarchived_files > 0)
+            })
             .map(|(p, _)| p.clone())
             .collect();
         let outcome = table.compact(&hours, target).await?;

@@ -478,8 +478,19 @@ async fn compaction_merges_closed_hours_under_a_live_server_and_survives_a_crash
         send(&server, spans).await;
         wait_for_rows(&data, "redacted_spans", ((batch + 1) * 10) as i64).await;
     }
-    let before = disk_files(&data, "raw")["files"].as_array().unwrap().len();
-    assert!(before >= 6, "expected many small files, got {before}");
+    let before = disk_files(&data, "raw")["files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        before.len() >= 6,
+        "expected many small files, got {}",
+        before.len()
+    );
+    // Ingest writes Snappy; compaction rewrites in the archival ZSTD.
+    for file in &before {
+        assert_eq!(file["codecs"], serde_json::json!(["SNAPPY"]), "{file}");
+    }
     let ids_before = common::raw_span_ids(&data);
     let data_arg = data.to_str().unwrap();
 
@@ -556,6 +567,7 @@ async fn compaction_merges_closed_hours_under_a_live_server_and_survives_a_crash
         assert_eq!(files.len(), 1, "{tier}: {files:?}");
         assert_eq!(files[0]["rows"], 120);
         assert_eq!(files[0]["sorted_by_run"], true);
+        assert_eq!(files[0]["codecs"], serde_json::json!(["ZSTD"]), "{tier}");
     }
     assert!(server.stop().success());
 }

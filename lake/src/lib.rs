@@ -26,7 +26,7 @@ pub use maintenance::{
     cast_to_schema, CompactOutcome, DeleteOutcome, HourPartition, PartitionFiles,
 };
 pub use span_table::{
-    group_by_partition, sort_for_lake, table_path, writer_properties, AppendOutcome, LakeConfig,
-    SpanTable,
+    group_by_partition, ingest_writer_properties, is_archival_file, sort_for_lake, table_path,
+    writer_properties, AppendOutcome, IngestCompression, LakeConfig, SpanTable,
 };
 pub use tiers::{MaintenanceConfig, RawTierConfig, RedactedTierConfig, TiersConfig};

@@ -80,6 +80,9 @@ pub struct PartitionFiles {
     pub bytes: u64,
     /// Files smaller than half the compaction target.
     pub small_files: usize,
+    /// Files not in the archival layout (see [`crate::is_archival_file`]): ingest's, or a
+    /// DELETE's rewrite, not yet compacted.
+    pub unarchived_files: usize,
 }
 
 /// What a DELETE did.
@@ -145,6 +148,9 @@ impl SpanTable {
             entry.bytes += file.size().max(0) as u64;
             if (file.size().max(0) as u64) < small_below {
                 entry.small_files += 1;
+            }
+            if !crate::is_archival_file(&path) {
+                entry.unarchived_files += 1;
             }
         }
         Ok(out)

@@ -18,10 +18,17 @@ def main():
         table = pq.read_table(path)
         ids = table.column("run_id").to_pylist()
         run_ids.update(ids)
+        meta = pq.ParquetFile(path).metadata
+        codecs = {
+            meta.row_group(g).column(c).compression
+            for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)
+        }
         files.append({
             "path": os.path.relpath(path, root),
             "rows": table.num_rows,
             "sorted_by_run": ids == sorted(ids),
+            "codecs": sorted(codecs),
         })
         if len(sys.argv) > 2 and sys.argv[2] == "--text":
             text.append(json.dumps(table.to_pylist(), default=str))

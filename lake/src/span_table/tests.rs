@@ -1,4 +1,5 @@
 use super::*;
+use crate::HourPartition;
 use std::time::SystemTime;
 
 use arrow::array::{Array, AsArray};
@@ -131,7 +132,8 @@ async fn appends_are_idempotent_per_application_transaction() {
             find("trace_id").bloom_filter_offset().is_some(),
             "bloom filter on trace_id"
         );
-        assert!(matches!(find("run_id").compression(), Compression::ZSTD(_)));
+        // Ingest's codec; compaction rewrites in ZSTD (see the compaction test below).
+        assert_eq!(find("run_id").compression(), Compression::SNAPPY);
         assert!(find("run_id").statistics().is_some());
         // A map's keys carry no statistics: nothing reads them.
         assert!(find("attributes.key_value.key").statistics().is_none());
@@ -294,4 +296,89 @@ fn one_hour_is_grouped_by_concatenation() {
     let expected: Vec<String> = inputs.iter().flat_map(|b| strings(b, "name")).collect();
     assert_eq!(strings(&grouped, "name"), expected);
     assert_eq!(partition_runs(&grouped).len(), 1);
+}
+
+/// The codec of every column chunk of every file under `dir`, by file name.
+fn codecs(dir: &Path) -> Vec<(String, Vec<Compression>)> {
+    let mut out: Vec<(String, Vec<Compression>)> = parquet_files(dir)
+        .into_iter()
+        .map(|file| {
+            let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+            let mut codecs: Vec<Compression> = reader
+                .metadata()
+                .row_groups()
+                .iter()
+                .flat_map(|g| g.columns().iter().map(|c| c.compression()))
+                .collect();
+            codecs.dedup();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            (name, codecs)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test]
+async fn ingest_files_stay_in_their_codec_until_compaction_rewrites_them_as_zstd() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LakeConfig::default();
+    let mut table = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
+        .await
+        .unwrap();
+    table
+        .append(&[batch(100, 7)], "collector", 1)
+        .await
+        .unwrap();
+    let path = table_path(dir.path(), Tier::Raw);
+    let written = codecs(&path);
+    assert_eq!(written.len(), 2, "one file per hour: {written:?}");
+    for (name, codecs) in &written {
+        assert!(name.ends_with(".snappy.parquet"), "{name}");
+        assert_eq!(codecs, &[Compression::SNAPPY], "{name}");
+        assert!(!is_archival_file(name));
+    }
+    // One file per hour, large or small: each hour is still to be rewritten.
+    let partitions = table.partitions(1).await.unwrap();
+    assert_eq!(partitions.len(), 2);
+    for files in partitions.values() {
+        assert_eq!(
+            (files.files, files.small_files, files.unarchived_files),
+            (1, 0, 1)
+        );
+    }
+    let hours: Vec<HourPartition> = partitions.keys().cloned().collect();
+    let outcome = table.compact(&hours, 1 << 20).await.unwrap();
+    assert_eq!(outcome.partitions, 2);
+    for files in table.partitions(1).await.unwrap().values() {
+        assert_eq!((files.files, files.unarchived_files), (1, 0));
+    }
+    table.vacuum(std::time::Duration::ZERO).await.unwrap();
+    let compacted = codecs(&path);
+    assert_eq!(compacted.len(), 2, "{compacted:?}");
+    for (name, codecs) in &compacted {
+        assert!(is_archival_file(name), "{name}");
+        assert!(
+            codecs.iter().all(|c| matches!(c, Compression::ZSTD(_))),
+            "{name}: {codecs:?}"
+        );
+    }
+
+    // With `ingest_compression = "zstd"`, ingest writes archival files from the start.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LakeConfig {
+        ingest_compression: IngestCompression::Zstd,
+        ..LakeConfig::default()
+    };
+    let mut table = SpanTable::open_or_create(dir.path(), Tier::Raw, &config)
+        .await
+        .unwrap();
+    table.append(&[batch(10, 2)], "collector", 1).await.unwrap();
+    for files in table.partitions(1).await.unwrap().values() {
+        assert_eq!(files.unarchived_files, 0);
+    }
+    for (name, codecs) in codecs(&table_path(dir.path(), Tier::Raw)) {
+        assert!(is_archival_file(&name), "{name}");
+        assert!(codecs.iter().all(|c| matches!(c, Compression::ZSTD(_))));
+    }
 }

@@ -164,6 +164,40 @@ pub fn writer_properties(config: &LakeConfig) -> WriterProperties {
         let path = ColumnPath::new(vec![map.into(), "key_value".into(), "key".into()]);
         builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
     }
+    // Strings whose smallest and largest value in a file prune nothing: every file, sorted by
+    // run or in arrival order, holds nearly all of their values (names, models, workflows,
+    // customers) or a random sample of them (span ids). Their statistics were a comparison of
+    // every value, twice, in each tier: 7% of the Parquet encoder's time. The ids that run
+    // lookups use, the times and the numbers keep theirs.
+    for column in [
+        col::SPAN_ID,
+        col::PARENT_SPAN_ID,
+        col::NAME,
+        col::KIND,
+        col::STATUS_CODE,
+        col::ERROR_TYPE,
+        col::SERVICE_NAME,
+        col::AGENT_NAME,
+        col::AGENT_ID,
+        col::WORKFLOW,
+        col::CUSTOMER_ID,
+        col::CONVERSATION_ID,
+        col::OPERATION,
+        col::PROVIDER,
+        col::REQUEST_MODEL,
+        col::RESPONSE_MODEL,
+        col::TOOL_NAME,
+        col::TOOL_CALL_ID,
+        col::SIDE_EFFECT,
+        col::EXTERNAL_REF,
+        col::OUTCOME,
+        col::PRICE_VERSION,
+        col::SCOPE_NAME,
+        col::SCOPE_VERSION,
+    ] {
+        builder = builder
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
     // Ids that are unique per row never gain from a dictionary; building one only to drop it
     // costs a hash per value.
     for unique in [col::SPAN_ID, col::PARENT_SPAN_ID, col::TOOL_CALL_ID] {

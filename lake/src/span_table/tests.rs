@@ -135,6 +135,10 @@ async fn appends_are_idempotent_per_application_transaction() {
         // Ingest's codec; compaction rewrites in ZSTD (see the compaction test below).
         assert_eq!(find("run_id").compression(), Compression::SNAPPY);
         assert!(find("run_id").statistics().is_some());
+        assert!(find("start_time").statistics().is_some());
+        // Nor do the strings whose range prunes nothing.
+        assert!(find("workflow").statistics().is_none());
+        assert!(find("span_id").statistics().is_none());
         // A map's keys carry no statistics: nothing reads them.
         assert!(find("attributes.key_value.key").statistics().is_none());
         assert!(find("attributes.key_value.key")

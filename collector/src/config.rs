@@ -92,6 +92,11 @@ pub struct WalConfig {
     /// A segment is sealed at most this long after its first record, so spans are queryable
     /// within about this interval plus the commit time. Default 2000 ms.
     pub flush_interval_ms: u64,
+    /// Write segments with direct I/O (`O_DIRECT`), past the kernel's page cache: the WAL is
+    /// read back only after a crash, and copying it into the cache was most of the WAL
+    /// writer's CPU. Where the file system refuses it (tmpfs), segments are written through
+    /// the cache. Default true.
+    pub direct_io: bool,
 }
 
 impl Default for WalConfig {
@@ -100,6 +105,7 @@ impl Default for WalConfig {
             fsync: true,
             segment_max_bytes: 64 * 1024 * 1024,
             flush_interval_ms: 2_000,
+            direct_io: true,
         }
     }
 }

@@ -131,6 +131,7 @@ impl Collector {
                 fsync: settings.collector.wal.fsync,
                 segment_max_bytes: settings.collector.wal.segment_max_bytes,
                 flush_interval: Duration::from_millis(settings.collector.wal.flush_interval_ms),
+                direct_io: settings.collector.wal.direct_io,
             },
             min_next_seq,
             sealed_tx,

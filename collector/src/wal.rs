@@ -35,6 +35,9 @@ const RECORD_HEADER_BYTES: usize = 8;
 const MAX_RECORD_BYTES: usize = 1 << 30;
 /// At most this many bytes are written in one group commit.
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// With direct I/O, file offsets, write lengths and buffer addresses are multiples of this
+/// (the page size, a multiple of every device's logical block size).
+const DIRECT_BLOCK: usize = 4096;
 
 /// What can go wrong in the WAL.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,8 @@ pub struct WalOptions {
     pub segment_max_bytes: u64,
     /// Seal a segment this long after its first record.
     pub flush_interval: Duration,
+    /// Write segments with direct I/O (`O_DIRECT`) where the file system allows it.
+    pub direct_io: bool,
 }
 
 /// A segment that receives no more records, waiting for its commit to the lake.
@@ -163,7 +168,9 @@ pub fn read_segment(path: &Path) -> Result<(Vec<bytes::Bytes>, u64), WalError> {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
         let start = pos + RECORD_HEADER_BYTES;
-        if len > MAX_RECORD_BYTES || data.len() - start < len {
+        // A zero length is the padding after the last record of a segment written with
+        // direct I/O (no record is empty: a payload is an Arrow IPC stream).
+        if len == 0 || len > MAX_RECORD_BYTES || data.len() - start < len {
             break;
         }
         let payload = data.slice(start..start + len);
@@ -242,6 +249,46 @@ fn write_all_vectored(
     Ok(())
 }
 
+/// Creates a segment file, with `O_DIRECT` when `direct` and the file system takes it
+/// (tmpfs, for one, does not). Returns the file and whether it is direct.
+fn create_segment_file(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = OpenOptions::new();
+    options.create_new(true).write(true);
+    if direct {
+        match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Refused before the file was created, or created and then refused: either
+                // way the file is created again without the flag.
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((options.open(path)?, false))
+}
+
+/// A reusable buffer whose usable part starts at a [`DIRECT_BLOCK`] boundary, as direct I/O
+/// requires of the memory it writes from.
+#[derive(Default)]
+struct AlignedBuffer {
+    bytes: Vec<u8>,
+}
+
+impl AlignedBuffer {
+    /// `len` bytes (a multiple of [`DIRECT_BLOCK`]), aligned, zeroed.
+    fn zeroed(&mut self, len: usize) -> &mut [u8] {
+        if self.bytes.len() < len + DIRECT_BLOCK {
+            self.bytes = vec![0; (len + DIRECT_BLOCK).next_power_of_two()];
+        }
+        let start = self.bytes.as_ptr().align_offset(DIRECT_BLOCK);
+        let block = &mut self.bytes[start..start + len];
+        block.fill(0);
+        block
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -282,6 +329,7 @@ impl Wal {
         let (commands, receiver) = mpsc::channel();
         let writer = Writer {
             options,
+            direct_buffer: AlignedBuffer::default(),
             next_seq,
             current: None,
             sealed,
@@ -336,6 +384,14 @@ struct OpenSegment {
     seq: u64,
     path: PathBuf,
     file: File,
+    /// Opened with `O_DIRECT`: each group is written in whole blocks (see
+    /// [`Writer::write_direct`]), the last one padded with zeros until the next group or the
+    /// seal.
+    direct: bool,
+    /// With direct I/O, the bytes of the segment's last, partial block (`bytes` modulo
+    /// [`DIRECT_BLOCK`]), written again in front of the next group.
+    tail: Vec<u8>,
+    /// The segment's length: header and records, without padding.
     bytes: u64,
     records: u64,
     opened_at: Instant,
@@ -345,6 +401,8 @@ struct OpenSegment {
 
 struct Writer {
     options: WalOptions,
+    /// The staging buffer of direct writes, reused from group to group.
+    direct_buffer: AlignedBuffer,
     next_seq: u64,
     current: Option<OpenSegment>,
     sealed: tokio::sync::mpsc::UnboundedSender<SealedSegment>,
@@ -420,12 +478,17 @@ impl Writer {
         if self.current.is_none() {
             let seq = self.next_seq;
             let path = segment_path(&self.options.dir, seq);
-            let mut file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .open(&path)
+            let (mut file, direct) = create_segment_file(&path, self.options.direct_io)
                 .map_err(io(format!("creating {}", path.display())))?;
-            file.write_all(SEGMENT_HEADER)
+            let written = if direct {
+                // The header in a block of its own, padded: the first group writes it again.
+                let block = self.direct_buffer.zeroed(DIRECT_BLOCK);
+                block[..SEGMENT_HEADER.len()].copy_from_slice(SEGMENT_HEADER);
+                std::os::unix::fs::FileExt::write_all_at(&file, block, 0)
+            } else {
+                file.write_all(SEGMENT_HEADER)
+            };
+            written
                 .and_then(|()| file.sync_all())
                 .and_then(|()| sync_dir(&self.options.dir))
                 .map_err(io(format!("initialising {}", path.display())))?;
@@ -434,6 +497,12 @@ impl Writer {
                 seq,
                 path,
                 file,
+                direct,
+                tail: if direct {
+                    SEGMENT_HEADER.to_vec()
+                } else {
+                    Vec::new()
+                },
                 bytes: SEGMENT_HEADER.len() as u64,
                 records: 0,
                 opened_at: Instant::now(),
@@ -464,9 +533,16 @@ impl Writer {
             slices.push(std::io::IoSlice::new(header));
             slices.push(std::io::IoSlice::new(&append.payload));
         }
-        let result = self.open_segment().and_then(|segment| {
+        let result = self.open_segment().map(|_| ()).and_then(|()| {
+            let segment = self.current.as_mut().expect("opened above");
+            let buffer = &mut self.direct_buffer;
             let before = segment.bytes;
-            let written = write_all_vectored(&mut segment.file, &mut slices).and_then(|()| {
+            let written = if segment.direct {
+                Self::write_direct(segment, buffer, &slices, total)
+            } else {
+                write_all_vectored(&mut segment.file, &mut slices)
+            }
+            .and_then(|()| {
                 if fsync {
                     segment.file.sync_data()
                 } else {
@@ -520,6 +596,36 @@ impl Writer {
         }
     }
 
+    /// Writes a group through direct I/O: the segment's partial last block, then the records
+    /// (`slices`, `total` bytes), copied into an aligned buffer padded with zeros to a whole
+    /// block, in one write at the partial block's offset. Rewriting that block's first bytes
+    /// is safe even if the write tears: they are the same bytes. The kernel copies nothing
+    /// into its page cache, which for the WAL (written once, read only after a crash) was
+    /// the writer thread's main cost.
+    fn write_direct(
+        segment: &mut OpenSegment,
+        buffer: &mut AlignedBuffer,
+        slices: &[std::io::IoSlice<'_>],
+        total: usize,
+    ) -> std::io::Result<()> {
+        let tail = segment.tail.len();
+        let end = tail + total;
+        let block = buffer.zeroed(end.next_multiple_of(DIRECT_BLOCK));
+        block[..tail].copy_from_slice(&segment.tail);
+        let mut at = tail;
+        for slice in slices {
+            block[at..at + slice.len()].copy_from_slice(slice);
+            at += slice.len();
+        }
+        let offset = segment.bytes - tail as u64;
+        std::os::unix::fs::FileExt::write_all_at(&segment.file, block, offset)?;
+        segment.tail.clear();
+        segment
+            .tail
+            .extend_from_slice(&block[end / DIRECT_BLOCK * DIRECT_BLOCK..end]);
+        Ok(())
+    }
+
     fn seal(&mut self) {
         let Some(segment) = self.current.take() else {
             return;
@@ -527,6 +633,11 @@ impl Writer {
         if segment.records == 0 {
             let _ = std::fs::remove_file(&segment.path);
             return;
+        }
+        if segment.direct {
+            // The last block's padding goes (a crash before this leaves it, which recovery
+            // reads as the end of the records).
+            let _ = segment.file.set_len(segment.bytes);
         }
         if !self.options.fsync {
             // Without per-group fsyncs, a sealed segment is at least on disk before it is

@@ -277,15 +277,14 @@ struct AlignedBuffer {
 }
 
 impl AlignedBuffer {
-    /// `len` bytes (a multiple of [`DIRECT_BLOCK`]), aligned, zeroed.
-    fn zeroed(&mut self, len: usize) -> &mut [u8] {
+    /// `len` bytes (a multiple of [`DIRECT_BLOCK`]), aligned, holding whatever the last
+    /// caller left in them.
+    fn aligned(&mut self, len: usize) -> &mut [u8] {
         if self.bytes.len() < len + DIRECT_BLOCK {
             self.bytes = vec![0; (len + DIRECT_BLOCK).next_power_of_two()];
         }
         let start = self.bytes.as_ptr().align_offset(DIRECT_BLOCK);
-        let block = &mut self.bytes[start..start + len];
-        block.fill(0);
-        block
+        &mut self.bytes[start..start + len]
     }
 }
 
@@ -353,6 +352,10 @@ impl Wal {
     /// The record stays in memory with its segment until the flush (see
     /// [`SealedSegment::records`]): `reservation` counts it.
     pub async fn append(&self, payload: Vec<u8>, reservation: Reservation) -> Result<(), WalError> {
+        if payload.is_empty() {
+            // Nothing to keep; and a zero length marks the end of a segment's records.
+            return Ok(());
+        }
         let (done, result) = oneshot::channel();
         self.commands
             .send(Command::Append {
@@ -482,7 +485,8 @@ impl Writer {
                 .map_err(io(format!("creating {}", path.display())))?;
             let written = if direct {
                 // The header in a block of its own, padded: the first group writes it again.
-                let block = self.direct_buffer.zeroed(DIRECT_BLOCK);
+                let block = self.direct_buffer.aligned(DIRECT_BLOCK);
+                block.fill(0);
                 block[..SEGMENT_HEADER.len()].copy_from_slice(SEGMENT_HEADER);
                 std::os::unix::fs::FileExt::write_all_at(&file, block, 0)
             } else {
@@ -610,13 +614,14 @@ impl Writer {
     ) -> std::io::Result<()> {
         let tail = segment.tail.len();
         let end = tail + total;
-        let block = buffer.zeroed(end.next_multiple_of(DIRECT_BLOCK));
+        let block = buffer.aligned(end.next_multiple_of(DIRECT_BLOCK));
         block[..tail].copy_from_slice(&segment.tail);
         let mut at = tail;
         for slice in slices {
             block[at..at + slice.len()].copy_from_slice(slice);
             at += slice.len();
         }
+        block[end..].fill(0);
         let offset = segment.bytes - tail as u64;
         std::os::unix::fs::FileExt::write_all_at(&segment.file, block, offset)?;
         segment.tail.clear();

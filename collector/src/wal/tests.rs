@@ -177,6 +177,10 @@ async fn direct_writes_read_back_across_block_boundaries() {
         wal.append(payload.clone(), budget.force_reserve(payload.len()))
             .await
             .unwrap();
+        // An empty record is nothing to keep, and must not end the segment's records.
+        wal.append(Vec::new(), budget.force_reserve(0))
+            .await
+            .unwrap();
     }
     wal.close();
     let segment = sealed.recv().await.unwrap();

@@ -4,11 +4,15 @@
 //!  <data-dir>/wal/LOCK                     flock: one collector per data directory
 //!  <data-dir>/wal/00000000000000000042.wal segment 42: header, then records
 //!  record = u32 length (LE) | u32 CRC-32 of payload (LE) | payload (an Arrow IPC stream)
+//!  padding = zeros to a 4 KiB boundary after the last record, until the next group or the seal
+//!            (direct I/O only; a zero length ends the records)
 //! ```
 //!
 //! One writer thread owns the open segment. Exports queue their records; the thread takes
 //! everything queued, writes it in one `write`, and issues one `fdatasync` for all of it
-//! (group commit), then acknowledges each. A segment is sealed when it reaches its size limit
+//! (group commit), then acknowledges each. Segments are written with `O_DIRECT` where the file
+//! system allows it: the log is read back only after a crash, so a copy in the page cache
+//! would cost CPU for nothing. A segment is sealed when it reaches its size limit
 //! or its age reaches the flush interval, and handed to the flusher, which deletes it only
 //! after its commit to the lake. Recovery reads every segment left on disk, cuts a torn
 //! tail (a record whose length or checksum does not hold: it was never acknowledged), and

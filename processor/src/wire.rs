@@ -172,7 +172,7 @@ impl<'a> Fields<'a> {
 
     fn string(&self, number: u32, field: Field<'a>) -> Result<&'a str> {
         let bytes = self.len(number, field)?;
-        std::str::from_utf8(bytes).map_err(|_| {
+        simdutf8::basic::from_utf8(bytes).map_err(|_| {
             WireError::new(format!(
                 "{}: field {number} is not valid UTF-8",
                 self.message

@@ -75,7 +75,7 @@ enum Which {
         #[arg(long, default_value_t = 80)]
         runs_per_request: usize,
         /// Redact batches of this many rows, cut from all requests' spans in arrival order
-        /// (the server redacts a segment in batches of 4,096 rows); by default, one batch per
+        /// (the server redacts a segment in batches of 1,024 rows); by default, one batch per
         /// request.
         #[arg(long)]
         batch_rows: Option<usize>,

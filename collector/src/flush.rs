@@ -480,13 +480,14 @@ mod tests {
         let batch = spans_with_pii(3 * MIN_ROWS_PER_REDACTION_THREAD + 5);
         let (whole, _) = redact_side_by_side(&redactor, &batch, 1).await.unwrap();
         let (parts, _) = redact_side_by_side(&redactor, &batch, 3).await.unwrap();
-        // One thread: the rows in redaction batches; three threads: slices of 4,098, 4,098
-        // and 4,097 rows, each in redaction batches of its own.
+        // One thread: the rows in redaction batches; three threads: two slices of `chunk`
+        // rows and the rest, each in redaction batches of its own.
         let batches = |rows: usize| rows.div_ceil(ROWS_PER_REDACTION_BATCH);
+        let chunk = batch.num_rows().div_ceil(3);
         assert_eq!(whole.len(), batches(batch.num_rows()));
         assert_eq!(
             parts.len(),
-            2 * batches(4098) + batches(4097),
+            2 * batches(chunk) + batches(batch.num_rows() - 2 * chunk),
             "each thread's slice in redaction batches"
         );
         assert!(parts.len() > whole.len());

@@ -406,6 +406,29 @@ struct OpenSegment {
     payloads: Vec<bytes::Bytes>,
 }
 
+impl OpenSegment {
+    /// A segment just created: its header is all it holds (with direct I/O, the header is
+    /// also its partial last block).
+    fn new(seq: u64, path: PathBuf, file: File, direct: bool) -> Self {
+        Self {
+            seq,
+            path,
+            file,
+            direct,
+            tail: if direct {
+                SEGMENT_HEADER.to_vec()
+            } else {
+                Vec::new()
+            },
+            bytes: SEGMENT_HEADER.len() as u64,
+            records: 0,
+            opened_at: Instant::now(),
+            reservations: Vec::new(),
+            payloads: Vec::new(),
+        }
+    }
+}
+
 struct Writer {
     options: WalOptions,
     /// The staging buffer of direct writes, reused from group to group.
@@ -481,44 +504,30 @@ impl Writer {
         self.seal();
     }
 
-    fn open_segment(&mut self) -> Result<&mut OpenSegment, WalError> {
-        if self.current.is_none() {
-            let seq = self.next_seq;
-            let path = segment_path(&self.options.dir, seq);
-            let (mut file, direct) = create_segment_file(&path, self.options.direct_io)
-                .map_err(io(format!("creating {}", path.display())))?;
-            let written = if direct {
-                // The header in a block of its own, padded: the first group writes it again.
-                let block = self.direct_buffer.aligned(DIRECT_BLOCK);
-                block.fill(0);
-                block[..SEGMENT_HEADER.len()].copy_from_slice(SEGMENT_HEADER);
-                std::os::unix::fs::FileExt::write_all_at(&file, block, 0)
-            } else {
-                file.write_all(SEGMENT_HEADER)
-            };
-            written
-                .and_then(|()| file.sync_all())
-                .and_then(|()| sync_dir(&self.options.dir))
-                .map_err(io(format!("initialising {}", path.display())))?;
-            self.next_seq += 1;
-            self.current = Some(OpenSegment {
-                seq,
-                path,
-                file,
-                direct,
-                tail: if direct {
-                    SEGMENT_HEADER.to_vec()
-                } else {
-                    Vec::new()
-                },
-                bytes: SEGMENT_HEADER.len() as u64,
-                records: 0,
-                opened_at: Instant::now(),
-                reservations: Vec::new(),
-                payloads: Vec::new(),
-            });
+    /// Opens the next segment, header written and synced, unless one is open.
+    fn open_segment(&mut self) -> Result<(), WalError> {
+        if self.current.is_some() {
+            return Ok(());
         }
-        Ok(self.current.as_mut().expect("opened above"))
+        let seq = self.next_seq;
+        let path = segment_path(&self.options.dir, seq);
+        let (file, direct) = create_segment_file(&path, self.options.direct_io)
+            .map_err(io(format!("creating {}", path.display())))?;
+        let mut segment = OpenSegment::new(seq, path, file, direct);
+        // With direct I/O the header is the partial block that the first group writes again;
+        // written now, padded, so that an empty segment is still one.
+        let written = if direct {
+            Self::write_direct(&mut segment, &mut self.direct_buffer, &[], 0)
+        } else {
+            segment.file.write_all(SEGMENT_HEADER)
+        };
+        written
+            .and_then(|()| segment.file.sync_all())
+            .and_then(|()| sync_dir(&self.options.dir))
+            .map_err(io(format!("initialising {}", segment.path.display())))?;
+        self.next_seq += 1;
+        self.current = Some(segment);
+        Ok(())
     }
 
     fn write_group(&mut self, group: Vec<PendingAppend>) {
@@ -541,7 +550,7 @@ impl Writer {
             slices.push(std::io::IoSlice::new(header));
             slices.push(std::io::IoSlice::new(&append.payload));
         }
-        let result = self.open_segment().map(|_| ()).and_then(|()| {
+        let result = self.open_segment().and_then(|()| {
             let segment = self.current.as_mut().expect("opened above");
             let buffer = &mut self.direct_buffer;
             let before = segment.bytes;

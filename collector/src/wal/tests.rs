@@ -200,18 +200,7 @@ async fn the_padding_of_a_direct_write_ends_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{:020}.wal", 3));
     let (file, _direct) = create_segment_file(&path, true).unwrap();
-    let mut segment = OpenSegment {
-        seq: 3,
-        path: path.clone(),
-        file,
-        direct: true,
-        tail: SEGMENT_HEADER.to_vec(),
-        bytes: SEGMENT_HEADER.len() as u64,
-        records: 0,
-        opened_at: Instant::now(),
-        reservations: Vec::new(),
-        payloads: Vec::new(),
-    };
+    let mut segment = OpenSegment::new(3, path.clone(), file, true);
     let payload = vec![7u8; 5000];
     let header = {
         let mut h = [0u8; RECORD_HEADER_BYTES];

@@ -1405,6 +1405,10 @@ struct KeyInfo {
 /// ` {"b": [c]}`, with the whitespace around them), found by following strings, escapes and
 /// nesting; `None` when `text` is not one array with nothing after it. The elements are not
 /// validated: each is redacted as a value of its own, JSON or not.
+///
+/// Nearly all of a conversation's bytes are inside strings (the messages' text), which hold
+/// no structure: the scan jumps from a string's opening quote to the next quote or backslash
+/// (`memchr2`, many bytes at a time) instead of stepping through it byte by byte.
 fn json_array_elements(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
     let bytes = text.as_bytes();
     let open = text.len() - text.trim_start().len();
@@ -1414,21 +1418,24 @@ fn json_array_elements(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
     let mut items = Vec::new();
     let mut item_start = open + 1;
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate().skip(open) {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = open;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // The closing quote: the first one that no backslash escapes.
+                let mut at = i + 1;
+                loop {
+                    let found = at + memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+                    if bytes[found] == b'"' {
+                        i = found;
+                        break;
+                    }
+                    at = found + 2;
+                    if at > bytes.len() {
+                        return None;
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => depth += 1,
             b']' | b'}' => {
                 depth = depth.checked_sub(1)?;
@@ -1443,6 +1450,7 @@ fn json_array_elements(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
             }
             _ => {}
         }
+        i += 1;
     }
     None
 }

@@ -1330,3 +1330,59 @@ fn a_slice_is_redacted_as_the_same_rows_on_their_own() {
         }
     }
 }
+
+/// A random JSON value whose strings hold quotes, backslashes, brackets and commas (escaped
+/// by the serialiser), with nesting.
+fn random_json(rng: &mut ChaCha8Rng, depth: usize) -> serde_json::Value {
+    use serde_json::Value;
+    const ALPHABET: [char; 11] = ['a', '"', '\\', '[', ']', '{', '}', ',', ' ', 'é', '\n'];
+    let string = |rng: &mut ChaCha8Rng| {
+        let n = rng.random_range(0..12);
+        (0..n).map(|_| *pick(rng, &ALPHABET)).collect::<String>()
+    };
+    match rng.random_range(0..if depth == 0 { 3 } else { 5 }) {
+        0 => Value::String(string(rng)),
+        1 => Value::from(rng.random_range(-1000..1000)),
+        2 => Value::Null,
+        3 => (0..rng.random_range(0..4))
+            .map(|_| random_json(rng, depth - 1))
+            .collect(),
+        _ => Value::Object(
+            (0..rng.random_range(0..4))
+                .map(|_| (string(rng), random_json(rng, depth - 1)))
+                .collect(),
+        ),
+    }
+}
+
+/// The elements that the array splitter finds are those the JSON parser finds, whatever the
+/// strings hold; a cut-short array, or one with something after it, is not split.
+#[test]
+fn json_arrays_split_into_the_parsers_elements() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    for case in 0..2_000 {
+        let items: Vec<serde_json::Value> = (0..rng.random_range(0..6))
+            .map(|_| random_json(&mut rng, 3))
+            .collect();
+        let text = if rng.random_bool(0.5) {
+            serde_json::to_string(&items).unwrap()
+        } else {
+            format!(" {} ", serde_json::to_string_pretty(&items).unwrap())
+        };
+        let ranges = json_array_elements(&text).expect("an array");
+        let found: Vec<serde_json::Value> = ranges
+            .iter()
+            .filter(|range| !text[(*range).clone()].trim().is_empty())
+            .map(|range| serde_json::from_str(&text[range.clone()]).unwrap())
+            .collect();
+        assert_eq!(found, items, "case {case}: {text}");
+        let cut = ceil_char(&text, rng.random_range(0..text.trim_end().len()));
+        assert_eq!(
+            json_array_elements(&text[..cut]),
+            None,
+            "case {case}: {text}"
+        );
+        let trailing = format!("{text},1");
+        assert_eq!(json_array_elements(&trailing), None, "case {case}");
+    }
+}

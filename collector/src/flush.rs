@@ -473,6 +473,28 @@ mod tests {
             .unwrap()
     }
 
+    /// A record that this process encoded decodes, without validation, to the batch it was
+    /// encoded from, as it does with validation (recovery's path); a cut-short one is an
+    /// error, not a panic.
+    #[test]
+    fn trusted_records_decode_to_the_batches_they_were_encoded_from() {
+        let batch = spans_with_pii(300);
+        for input in [batch.clone(), batch.slice(17, 200)] {
+            let record = bytes::Bytes::from(crate::ingest::encode_batch(&input).unwrap());
+            for trust in [Trust::EncodedHere, Trust::ReadFromDisk] {
+                let decoded = decode_batches(record.clone(), trust).unwrap();
+                assert_eq!(decoded, vec![input.clone()], "{trust:?}");
+            }
+            for cut in [1, 7, record.len() / 2, record.len() - 9] {
+                let short = record.slice(..cut);
+                assert!(
+                    decode_batches(short, Trust::EncodedHere).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redacting_side_by_side_equals_redacting_on_one_thread() {
         let redactor =

@@ -272,12 +272,10 @@ pub(crate) fn decode_batches(
     trust: Trust,
 ) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
     let mut buffer = arrow::buffer::Buffer::from(payload);
-    let mut decoder = StreamDecoder::new();
     if trust == Trust::EncodedHere {
-        // SAFETY: the bytes are an IPC stream that `encode_batch` wrote from a RecordBatch,
-        // whose arrays were valid, and that stayed in this process's memory since.
-        decoder = unsafe { decoder.with_skip_validation(true) };
+        return decode_trusted(&buffer);
     }
+    let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
     while !buffer.is_empty() {
         match decoder.decode(&mut buffer)? {
@@ -287,5 +285,91 @@ pub(crate) fn decode_batches(
         }
     }
     decoder.finish()?;
+    Ok(batches)
+}
+
+/// Decodes an IPC stream that [`encode_batch`] wrote in this process, without validating
+/// its arrays again (UTF-8, offsets): they were valid when encoded, and the bytes stayed in
+/// memory since. arrow-ipc's `StreamDecoder::with_skip_validation` (59.3) applies the flag to
+/// dictionaries only, not to record batches, so the stream's messages are read here and each
+/// batch is decoded by a `RecordBatchDecoder` that is given the flag. The stream holds a
+/// schema and record batches (no dictionaries: the span table has no dictionary columns).
+fn decode_trusted(
+    buffer: &arrow::buffer::Buffer,
+) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    use arrow::error::ArrowError;
+    use arrow::ipc::reader::RecordBatchDecoder;
+    use arrow::ipc::MessageHeader;
+    let malformed = |what: &str| ArrowError::IpcError(format!("WAL record: {what}"));
+    let read_i32 = |at: usize| -> Result<i32, ArrowError> {
+        let bytes = buffer
+            .get(at..at + 4)
+            .ok_or_else(|| malformed("cut short"))?;
+        Ok(i32::from_le_bytes(bytes.try_into().expect("four bytes")))
+    };
+    // SAFETY: see the function's documentation: only `encode_batch`'s output, from valid
+    // batches, kept in this process's memory, reaches this decoder.
+    let skip_validation = {
+        let mut flag = arrow_data::UnsafeFlag::new();
+        unsafe { flag.set(true) };
+        flag
+    };
+    let no_dictionaries = std::collections::HashMap::new();
+    let mut schema = None;
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < buffer.len() {
+        // A message: the continuation marker, the metadata's length, the metadata (a
+        // flatbuffer), then the body; a length of zero ends the stream.
+        let mut length = read_i32(at)?;
+        at += 4;
+        if length == -1 {
+            length = read_i32(at)?;
+            at += 4;
+        }
+        if length == 0 {
+            break;
+        }
+        let length = usize::try_from(length).map_err(|_| malformed("negative length"))?;
+        let metadata = buffer
+            .get(at..at + length)
+            .ok_or_else(|| malformed("cut short"))?;
+        let message = arrow::ipc::root_as_message(metadata)
+            .map_err(|e| malformed(&format!("message: {e}")))?;
+        at += length;
+        let body_length = usize::try_from(message.bodyLength())
+            .ok()
+            .filter(|n| at + n <= buffer.len())
+            .ok_or_else(|| malformed("body cut short"))?;
+        let body = buffer.slice_with_length(at, body_length);
+        at += body_length;
+        match message.header_type() {
+            MessageHeader::Schema => {
+                let ipc_schema = message
+                    .header_as_schema()
+                    .ok_or_else(|| malformed("schema"))?;
+                schema = Some(Arc::new(arrow::ipc::convert::fb_to_schema(ipc_schema)));
+            }
+            MessageHeader::RecordBatch => {
+                let ipc_batch = message
+                    .header_as_record_batch()
+                    .ok_or_else(|| malformed("record batch"))?;
+                let schema = schema.clone().ok_or_else(|| malformed("no schema"))?;
+                let version = message.version();
+                let batch = RecordBatchDecoder::try_new(
+                    &body,
+                    ipc_batch,
+                    schema,
+                    &no_dictionaries,
+                    &version,
+                )?
+                .with_require_alignment(false)
+                .with_skip_validation(skip_validation.clone())
+                .read_record_batch()?;
+                batches.push(batch);
+            }
+            other => return Err(malformed(&format!("unexpected message {other:?}"))),
+        }
+    }
     Ok(batches)
 }

@@ -339,7 +339,7 @@ fn decode_trusted(
         at += length;
         let body_length = usize::try_from(message.bodyLength())
             .ok()
-            .filter(|n| at + n <= buffer.len())
+            .filter(|n| at.checked_add(*n).is_some_and(|end| end <= buffer.len()))
             .ok_or_else(|| malformed("body cut short"))?;
         let body = buffer.slice_with_length(at, body_length);
         at += body_length;

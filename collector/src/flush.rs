@@ -475,7 +475,7 @@ mod tests {
 
     /// A record that this process encoded decodes, without validation, to the batch it was
     /// encoded from, as it does with validation (recovery's path); a cut-short one is an
-    /// error, not a panic.
+    /// error, not a panic; and read from disk, a string that is not UTF-8 is refused.
     #[test]
     fn trusted_records_decode_to_the_batches_they_were_encoded_from() {
         let batch = spans_with_pii(300);
@@ -492,6 +492,15 @@ mod tests {
                     "cut at {cut}"
                 );
             }
+            let mut corrupt = record.to_vec();
+            let at = corrupt
+                .windows(b"example.com".len())
+                .position(|w| w == b"example.com")
+                .expect("an email in the record");
+            corrupt[at] = 0xff;
+            let corrupt = bytes::Bytes::from(corrupt);
+            let error = decode_batches(corrupt, Trust::ReadFromDisk).unwrap_err();
+            assert!(error.to_string().contains("Invalid UTF8"), "{error}");
         }
     }
 

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
-use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
@@ -267,52 +266,34 @@ pub(crate) enum Trust {
 }
 
 /// The batches of one WAL record, decoded in place: the arrays point into `payload`.
+///
+/// Records that this process encoded are not validated again (UTF-8, offsets): they were
+/// valid when encoded, and the bytes stayed in memory since; records read back from disk
+/// are. arrow-ipc's `StreamDecoder::with_skip_validation` (59.3) applies its flag to
+/// dictionaries only, not to record batches, so the stream's messages are read here and each
+/// batch is decoded by a `RecordBatchDecoder` given the flag that `trust` decides. The stream
+/// holds a schema and record batches (no dictionaries: the span table has no dictionary
+/// columns).
 pub(crate) fn decode_batches(
     payload: bytes::Bytes,
     trust: Trust,
 ) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-    let mut buffer = arrow::buffer::Buffer::from(payload);
-    if trust == Trust::EncodedHere {
-        return decode_trusted(&buffer);
-    }
-    let mut decoder = StreamDecoder::new();
-    let mut batches = Vec::new();
-    while !buffer.is_empty() {
-        match decoder.decode(&mut buffer)? {
-            Some(batch) => batches.push(batch),
-            None if buffer.is_empty() => break,
-            None => {}
-        }
-    }
-    decoder.finish()?;
-    Ok(batches)
-}
-
-/// Decodes an IPC stream that [`encode_batch`] wrote in this process, without validating
-/// its arrays again (UTF-8, offsets): they were valid when encoded, and the bytes stayed in
-/// memory since. arrow-ipc's `StreamDecoder::with_skip_validation` (59.3) applies the flag to
-/// dictionaries only, not to record batches, so the stream's messages are read here and each
-/// batch is decoded by a `RecordBatchDecoder` that is given the flag. The stream holds a
-/// schema and record batches (no dictionaries: the span table has no dictionary columns).
-fn decode_trusted(
-    buffer: &arrow::buffer::Buffer,
-) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
     use arrow::error::ArrowError;
     use arrow::ipc::reader::RecordBatchDecoder;
     use arrow::ipc::MessageHeader;
+    let buffer = arrow::buffer::Buffer::from(payload);
+    let mut skip_validation = arrow_data::UnsafeFlag::new();
+    if trust == Trust::EncodedHere {
+        // SAFETY: only `encode_batch`'s output, from valid batches, kept in this process's
+        // memory, is trusted.
+        unsafe { skip_validation.set(true) };
+    }
     let malformed = |what: &str| ArrowError::IpcError(format!("WAL record: {what}"));
     let read_i32 = |at: usize| -> Result<i32, ArrowError> {
         let bytes = buffer
             .get(at..at + 4)
             .ok_or_else(|| malformed("cut short"))?;
         Ok(i32::from_le_bytes(bytes.try_into().expect("four bytes")))
-    };
-    // SAFETY: see the function's documentation: only `encode_batch`'s output, from valid
-    // batches, kept in this process's memory, reaches this decoder.
-    let skip_validation = {
-        let mut flag = arrow_data::UnsafeFlag::new();
-        unsafe { flag.set(true) };
-        flag
     };
     let no_dictionaries = std::collections::HashMap::new();
     let mut schema = None;

@@ -1406,9 +1406,7 @@ struct KeyInfo {
 /// nesting; `None` when `text` is not one array with nothing after it. The elements are not
 /// validated: each is redacted as a value of its own, JSON or not.
 ///
-/// Nearly all of a conversation's bytes are inside strings (the messages' text), which hold
-/// no structure: the scan jumps from a string's opening quote to the next quote or backslash
-/// (`memchr2`, many bytes at a time) instead of stepping through it byte by byte.
+/// From a string's opening quote the scan jumps to its closing one ([`closing_quote`]).
 fn json_array_elements(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
     let bytes = text.as_bytes();
     let open = text.len() - text.trim_start().len();
@@ -1421,21 +1419,7 @@ fn json_array_elements(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
     let mut i = open;
     while i < bytes.len() {
         match bytes[i] {
-            b'"' => {
-                // The closing quote: the first one that no backslash escapes.
-                let mut at = i + 1;
-                loop {
-                    let found = at + memchr::memchr2(b'"', b'\\', &bytes[at..])?;
-                    if bytes[found] == b'"' {
-                        i = found;
-                        break;
-                    }
-                    at = found + 2;
-                    if at > bytes.len() {
-                        return None;
-                    }
-                }
-            }
+            b'"' => i = closing_quote(bytes, i + 1)?,
             b'[' | b'{' => depth += 1,
             b']' | b'}' => {
                 depth = depth.checked_sub(1)?;
@@ -1477,23 +1461,30 @@ fn apply_to_json(json: &mut serde_json::Value, edit: Edit) -> bool {
 /// short), it answers yes, so that the value is parsed and the parser decides, as it would
 /// without this test.
 fn in_json_key(text: &[u8], at: usize) -> bool {
-    let mut from = at;
-    while let Some(offset) = text[from..].iter().position(|&b| b == b'"') {
-        let quote = from + offset;
-        let backslashes = text[..quote]
+    // `at` ends a marker, which holds no backslash: it is not inside an escape.
+    closing_quote(text, at).is_none_or(|quote| {
+        text[quote + 1..]
             .iter()
-            .rev()
-            .take_while(|&&b| b == b'\\')
-            .count();
-        if backslashes % 2 == 0 {
-            return text[quote + 1..]
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_none_or(|&b| b == b':');
+            .find(|b| !b.is_ascii_whitespace())
+            .is_none_or(|&b| b == b':')
+    })
+}
+
+/// The offset of the quote that closes the JSON string that `from` is inside of (not in the
+/// middle of an escape): the first one that no backslash escapes; `None` when there is none.
+/// It jumps from one quote or backslash to the next (`memchr2`, many bytes at a time): nearly
+/// all of a conversation's bytes are inside strings, which hold no structure.
+fn closing_quote(text: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at <= text.len() {
+        let found = at + memchr::memchr2(b'"', b'\\', &text[at..])?;
+        if text[found] == b'"' {
+            return Some(found);
         }
-        from = quote + 1;
+        // The escaped character, whatever it is, is skipped.
+        at = found + 2;
     }
-    true
+    None
 }
 
 fn memchr_backslash(text: &str) -> bool {

@@ -6,16 +6,18 @@
 //! ```text
 //!  sealed segments -> prepare: take the spans (kept in memory by the WAL writer; read back
 //!                     from the file only after a restart), group them by hour, price them
-//!                  -> one lane per tier, each a task with its table: (redact,) append in
-//!                     one commit carrying the application transaction (collector id,
+//!                  -> the redacted tier's stage: redact (the raw tier's rows pass as
+//!                     they are), one segment ahead of its lane
+//!                  -> one lane per tier, each a task with its table: append in one
+//!                     commit carrying the application transaction (collector id,
 //!                     segment sequence), segment after segment in order
 //!                  -> the last lane to commit a segment deletes its file; its memory-budget
 //!                     reservation is released when the lanes let go of it
 //! ```
 //!
 //! The lanes run side by side and need not wait for each other: while the redacted tier
-//! redacts and encodes segment n, the raw tier can commit segment n + 1, and the next
-//! segment is prepared meanwhile. Each table still receives the segments in sequence order,
+//! encodes segment n and redacts segment n + 1, the raw tier can commit segment n + 1, and
+//! the next segment is prepared meanwhile. Each table still receives the segments in sequence order,
 //! which is what its transaction versions require. A failed append is retried by its lane
 //! with backoff; meanwhile the budget fills up and the receivers answer with the overload
 //! status.
@@ -75,15 +77,26 @@ impl Flusher {
         for table in self.tables {
             let (sender, receiver) = tokio::sync::mpsc::channel::<Arc<PreparedSegment>>(LANE_DEPTH);
             lanes.push(sender);
+            let (ready_sender, ready) = tokio::sync::mpsc::channel::<ReadySegment>(LANE_DEPTH);
+            match table.tier() {
+                Tier::Raw => tasks.spawn(pass_through(receiver, ready_sender)),
+                Tier::Redacted => tasks.spawn(
+                    Redact {
+                        redactor: self.redactor.clone(),
+                        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                        metrics: self.metrics.clone(),
+                        shutting_down: self.shutting_down.clone(),
+                    }
+                    .run(receiver, ready_sender),
+                ),
+            };
             let lane = Lane {
                 table,
-                redactor: self.redactor.clone(),
-                redaction_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 app_id: self.app_id.clone(),
                 metrics: self.metrics.clone(),
                 shutting_down: self.shutting_down.clone(),
             };
-            tasks.spawn(lane.run(receiver));
+            tasks.spawn(lane.run(ready));
         }
         let prepare = Prepare {
             pricer: self.pricer,
@@ -207,23 +220,100 @@ impl Prepare {
     }
 }
 
+/// A segment with the rows of one tier: the priced batch for the raw tier, the redacted
+/// batches for the redacted one (`None`: the segment held no span).
+type ReadySegment = (Arc<PreparedSegment>, Option<Vec<RecordBatch>>);
+
+/// The raw tier's rows are the prepared ones.
+async fn pass_through(
+    mut queue: tokio::sync::mpsc::Receiver<Arc<PreparedSegment>>,
+    ready: tokio::sync::mpsc::Sender<ReadySegment>,
+) {
+    while let Some(prepared) = queue.recv().await {
+        let batches = prepared.batch.as_ref().map(|b| vec![b.clone()]);
+        if ready.send((prepared, batches)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The redacted tier's stage before its lane: redacts segment n + 1 while the lane encodes
+/// and commits segment n, so that the two overlap instead of leaving a core idle (when the
+/// receivers go quiet, the backlog drained at two thirds of the machine before). It takes a
+/// slot in the lane's queue before it redacts, so that at most two redacted segments are in
+/// memory: the one the lane writes and the next.
+struct Redact {
+    redactor: Option<Arc<Redactor>>,
+    /// Threads that redact a segment side by side: the machine's cores.
+    threads: usize,
+    metrics: Arc<CollectorMetrics>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Redact {
+    async fn run(
+        self,
+        mut queue: tokio::sync::mpsc::Receiver<Arc<PreparedSegment>>,
+        ready: tokio::sync::mpsc::Sender<ReadySegment>,
+    ) {
+        while let Some(prepared) = queue.recv().await {
+            let Ok(slot) = ready.reserve().await else {
+                return;
+            };
+            let mut attempt = 0u32;
+            let batches = loop {
+                match self.redact(&prepared).await {
+                    Ok(batches) => break batches,
+                    Err(error) => {
+                        attempt += 1;
+                        CollectorMetrics::add(&self.metrics.flush_errors, 1);
+                        tracing::error!(
+                            segment = prepared.segment.seq,
+                            tier = %Tier::Redacted,
+                            attempt,
+                            %error,
+                            "redacting a WAL segment failed; it stays in the WAL"
+                        );
+                        if !backoff(&self.shutting_down, attempt).await {
+                            return;
+                        }
+                    }
+                }
+            };
+            slot.send((prepared, batches));
+        }
+    }
+
+    async fn redact(&self, prepared: &PreparedSegment) -> Result<Option<Vec<RecordBatch>>, String> {
+        let Some(priced) = &prepared.batch else {
+            return Ok(None);
+        };
+        let Some(redactor) = &self.redactor else {
+            return Err("the redacted tier has no redactor: refusing to write".into());
+        };
+        let (parts, cpu) = redact_side_by_side(redactor, priced, self.threads).await?;
+        CollectorMetrics::add(&self.metrics.redact_micros, cpu.as_micros() as u64);
+        for (_, totals) in &parts {
+            self.metrics.add_redactions(&totals.by_kind);
+        }
+        Ok(Some(parts.into_iter().map(|(batch, _)| batch).collect()))
+    }
+}
+
 /// One tier's lane: its table, and the segments it commits in order.
 struct Lane {
     table: SpanTable,
-    redactor: Option<Arc<Redactor>>,
-    /// Threads that redact a segment side by side: the machine's cores.
-    redaction_threads: usize,
     app_id: String,
     metrics: Arc<CollectorMetrics>,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl Lane {
-    async fn run(mut self, mut queue: tokio::sync::mpsc::Receiver<Arc<PreparedSegment>>) {
-        while let Some(prepared) = queue.recv().await {
+    async fn run(mut self, mut queue: tokio::sync::mpsc::Receiver<ReadySegment>) {
+        while let Some((prepared, batches)) = queue.recv().await {
             let mut attempt = 0u32;
             loop {
-                match self.write(&prepared).await {
+                match self.write(&prepared, batches.as_deref()).await {
                     Ok(()) => break,
                     Err(error) => {
                         attempt += 1;
@@ -253,32 +343,16 @@ impl Lane {
         }
     }
 
-    /// This tier's share of a segment's flush: redact (for the redacted tier) and append.
-    async fn write(&mut self, prepared: &PreparedSegment) -> Result<(), String> {
+    /// This tier's share of a segment's flush: append its rows in one commit.
+    async fn write(
+        &mut self,
+        prepared: &PreparedSegment,
+        batches: Option<&[RecordBatch]>,
+    ) -> Result<(), String> {
         let seq = prepared.segment.seq;
-        let batch = match (self.table.tier(), &prepared.batch) {
-            (_, None) => None,
-            (Tier::Raw, Some(priced)) => Some(vec![priced.clone()]),
-            (Tier::Redacted, Some(priced)) => {
-                let Some(redactor) = &self.redactor else {
-                    return Err("the redacted tier has no redactor: refusing to write".into());
-                };
-                let (parts, cpu) =
-                    redact_side_by_side(redactor, priced, self.redaction_threads).await?;
-                CollectorMetrics::add(&self.metrics.redact_micros, cpu.as_micros() as u64);
-                for (_, totals) in &parts {
-                    self.metrics.add_redactions(&totals.by_kind);
-                }
-                Some(parts.into_iter().map(|(batch, _)| batch).collect())
-            }
-        };
         let outcome = self
             .table
-            .append(
-                batch.as_deref().unwrap_or_default(),
-                &self.app_id,
-                seq as i64,
-            )
+            .append(batches.unwrap_or_default(), &self.app_id, seq as i64)
             .await
             .map_err(|e| e.to_string())?;
         if let AppendOutcome::Committed { rows, .. } = outcome {

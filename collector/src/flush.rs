@@ -240,8 +240,8 @@ async fn pass_through(
 /// The redacted tier's stage before its lane: redacts segment n + 1 while the lane encodes
 /// and commits segment n, so that the two overlap instead of leaving a core idle (when the
 /// receivers go quiet, the backlog drained at two thirds of the machine before). It takes a
-/// slot in the lane's queue before it redacts, so that at most two redacted segments are in
-/// memory: the one the lane writes and the next.
+/// slot in the lane's queue before it takes a segment to redact, so that at most two redacted
+/// segments are in memory: the one the lane writes and the next.
 struct Redact {
     redactor: Option<Arc<Redactor>>,
     /// Threads that redact a segment side by side: the machine's cores.
@@ -256,8 +256,11 @@ impl Redact {
         mut queue: tokio::sync::mpsc::Receiver<Arc<PreparedSegment>>,
         ready: tokio::sync::mpsc::Sender<ReadySegment>,
     ) {
-        while let Some(prepared) = queue.recv().await {
-            let Ok(slot) = ready.reserve().await else {
+        // The slot first, then the segment: waiting for room, the stage holds no segment, so
+        // the priced copies in memory are one more than without it (the lane's, the queued
+        // redacted one's, and the one in the queue before this stage).
+        while let Ok(slot) = ready.reserve().await {
+            let Some(prepared) = queue.recv().await else {
                 return;
             };
             let mut attempt = 0u32;

@@ -17,10 +17,10 @@
 //!
 //! The lanes run side by side and need not wait for each other: while the redacted tier
 //! encodes segment n and redacts segment n + 1, the raw tier can commit segment n + 1, and
-//! the next segment is prepared meanwhile. Each table still receives the segments in sequence order,
-//! which is what its transaction versions require. A failed append is retried by its lane
-//! with backoff; meanwhile the budget fills up and the receivers answer with the overload
-//! status.
+//! the next segment is prepared meanwhile. Each table still receives the segments in
+//! sequence order, which is what its transaction versions require. A failed append is
+//! retried by its lane with backoff; meanwhile the budget fills up and the receivers answer
+//! with the overload status.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -579,6 +579,98 @@ mod tests {
             let error = decode_batches(corrupt, Trust::ReadFromDisk).unwrap_err();
             assert!(error.to_string().contains("Invalid UTF8"), "{error}");
         }
+    }
+
+    /// A segment as the flusher hands it on, with no WAL file behind it.
+    fn prepared(seq: u64, batch: Option<RecordBatch>) -> Arc<PreparedSegment> {
+        Arc::new(PreparedSegment {
+            segment: SealedSegment {
+                seq,
+                path: std::path::PathBuf::from(format!("{seq}.wal")),
+                bytes: 0,
+                reservations: Vec::new(),
+                records: None,
+            },
+            batch,
+            lanes: 1,
+            uncommitted: AtomicUsize::new(1),
+            started: Instant::now(),
+        })
+    }
+
+    fn redaction_stage(redactor: Option<Arc<Redactor>>, shutting_down: bool) -> Redact {
+        Redact {
+            redactor,
+            threads: 2,
+            metrics: Arc::new(CollectorMetrics::default()),
+            shutting_down: Arc::new(AtomicBool::new(shutting_down)),
+        }
+    }
+
+    /// The redaction stage hands its lane every segment in order, redacted as the redactor
+    /// redacts it, and redacts the next one while the lane still holds the one before (it
+    /// does not wait for the lane's commit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_redaction_stage_works_a_segment_ahead_of_its_lane() {
+        let redactor =
+            Arc::new(Redactor::new(&RedactionConfig::default(), &[], b"test key").unwrap());
+        let (input, queue) = tokio::sync::mpsc::channel(LANE_DEPTH);
+        let (ready_sender, mut ready) = tokio::sync::mpsc::channel(LANE_DEPTH);
+        let stage =
+            tokio::spawn(redaction_stage(Some(redactor.clone()), false).run(queue, ready_sender));
+        let batches = [spans_with_pii(50), spans_with_pii(70)];
+        input
+            .send(prepared(1, Some(batches[0].clone())))
+            .await
+            .unwrap();
+        // The lane takes segment 1 and, still writing it, gets segment 2 redacted.
+        let (first, first_rows) = ready.recv().await.unwrap();
+        input
+            .send(prepared(2, Some(batches[1].clone())))
+            .await
+            .unwrap();
+        let ahead = tokio::time::timeout(Duration::from_secs(60), ready.recv());
+        let (second, second_rows) = ahead
+            .await
+            .expect("segment 2 redacted while the lane holds segment 1")
+            .unwrap();
+        input.send(prepared(3, None)).await.unwrap();
+        drop(input);
+        let (third, third_rows) = ready.recv().await.unwrap();
+        assert!(
+            ready.recv().await.is_none(),
+            "the stage stops with its queue"
+        );
+        stage.await.unwrap();
+        let seqs = [&first, &second, &third].map(|p| p.segment.seq);
+        assert_eq!(seqs, [1, 2, 3]);
+        for (rows, batch) in [first_rows, second_rows].into_iter().zip(&batches) {
+            let (expected, _) = redact_side_by_side(&redactor, batch, 2).await.unwrap();
+            let expected: Vec<RecordBatch> = expected.into_iter().map(|(b, _)| b).collect();
+            let rows = rows.expect("a segment with spans has rows");
+            assert_eq!(rows, expected);
+            let text = format!(
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&rows).unwrap()
+            );
+            assert!(!text.contains("4111 1111 1111 1111"), "redacted: {text}");
+        }
+        assert!(third_rows.is_none(), "a segment without spans has no rows");
+    }
+
+    /// Without a redactor the stage hands nothing on (the redacted tier never gets raw
+    /// rows); at shutdown it gives up after its retries and the segment stays in the WAL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_redaction_stage_without_a_redactor_hands_nothing_on() {
+        let (input, queue) = tokio::sync::mpsc::channel(LANE_DEPTH);
+        let (ready_sender, mut ready) = tokio::sync::mpsc::channel(LANE_DEPTH);
+        let stage = tokio::spawn(redaction_stage(None, true).run(queue, ready_sender));
+        input
+            .send(prepared(1, Some(spans_with_pii(5))))
+            .await
+            .unwrap();
+        assert!(ready.recv().await.is_none(), "nothing reaches the lane");
+        stage.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,21 +75,21 @@ impl Flusher {
         let mut lanes = Vec::with_capacity(self.tables.len());
         let mut tasks = tokio::task::JoinSet::new();
         for table in self.tables {
-            let (sender, receiver) = tokio::sync::mpsc::channel::<Arc<PreparedSegment>>(LANE_DEPTH);
-            lanes.push(sender);
             let (ready_sender, ready) = tokio::sync::mpsc::channel::<ReadySegment>(LANE_DEPTH);
             match table.tier() {
-                Tier::Raw => tasks.spawn(pass_through(receiver, ready_sender)),
-                Tier::Redacted => tasks.spawn(
-                    Redact {
+                Tier::Raw => lanes.push(LaneInput::Rows(ready_sender)),
+                Tier::Redacted => {
+                    let (sender, receiver) = tokio::sync::mpsc::channel(LANE_DEPTH);
+                    lanes.push(LaneInput::ToRedact(sender));
+                    let stage = Redact {
                         redactor: self.redactor.clone(),
                         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                         metrics: self.metrics.clone(),
                         shutting_down: self.shutting_down.clone(),
-                    }
-                    .run(receiver, ready_sender),
-                ),
-            };
+                    };
+                    tasks.spawn(stage.run(receiver, ready_sender));
+                }
+            }
             let lane = Lane {
                 table,
                 app_id: self.app_id.clone(),
@@ -136,7 +136,14 @@ impl Flusher {
                 release(&prepared, &self.metrics);
             }
             for lane in &lanes {
-                if lane.send(prepared.clone()).await.is_err() {
+                let sent = match lane {
+                    LaneInput::Rows(lane) => {
+                        let rows = prepared.batch.as_ref().map(|b| vec![b.clone()]);
+                        lane.send((prepared.clone(), rows)).await.is_ok()
+                    }
+                    LaneInput::ToRedact(stage) => stage.send(prepared.clone()).await.is_ok(),
+                };
+                if !sent {
                     // The lane gave up at shutdown: what follows stays on disk.
                     break 'segments;
                 }
@@ -224,17 +231,12 @@ impl Prepare {
 /// batches for the redacted one (`None`: the segment held no span).
 type ReadySegment = (Arc<PreparedSegment>, Option<Vec<RecordBatch>>);
 
-/// The raw tier's rows are the prepared ones.
-async fn pass_through(
-    mut queue: tokio::sync::mpsc::Receiver<Arc<PreparedSegment>>,
-    ready: tokio::sync::mpsc::Sender<ReadySegment>,
-) {
-    while let Some(prepared) = queue.recv().await {
-        let batches = prepared.batch.as_ref().map(|b| vec![b.clone()]);
-        if ready.send((prepared, batches)).await.is_err() {
-            return;
-        }
-    }
+/// Where the flusher hands a prepared segment for one tier.
+enum LaneInput {
+    /// The raw tier's lane, which writes the prepared rows as they are.
+    Rows(tokio::sync::mpsc::Sender<ReadySegment>),
+    /// The redaction stage before the redacted tier's lane.
+    ToRedact(tokio::sync::mpsc::Sender<Arc<PreparedSegment>>),
 }
 
 /// The redacted tier's stage before its lane: redacts segment n + 1 while the lane encodes
